@@ -1,0 +1,23 @@
+//! antispider: a real-time anti-crawler engine on timely/differential dataflow.
+//!
+//! The modules follow SPEC's table of contents:
+//! - [`format`]: the three access-log formats (SPEC §2.1) → [`event::LogRecord`];
+//! - [`rules`]: the rule tables (SPEC §2.2), loaded from `rules/` and watched;
+//! - [`dataprocess`]: filter, mask, classify, travel type, body parsing (SPEC §3);
+//! - [`rulecompute`]: the 8 windowed per-IP indicators (SPEC §4);
+//! - [`scoring`]: flow scores and the blacklist (SPEC §5);
+//! - [`dataflow`]: assembles the one differential dataflow from the stages above;
+//! - [`source`] and [`sink`]: connectors; [`gen`]: synthetic traffic.
+
+pub mod config;
+pub mod dataflow;
+pub mod dataprocess;
+pub mod deadletter;
+pub mod event;
+pub mod format;
+pub mod gen;
+pub mod rulecompute;
+pub mod rules;
+pub mod scoring;
+pub mod sink;
+pub mod source;
