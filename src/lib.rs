@@ -13,6 +13,7 @@ pub mod config;
 pub mod dataflow;
 pub mod dataprocess;
 pub mod deadletter;
+pub mod engine;
 pub mod event;
 pub mod format;
 pub mod gen;

@@ -75,7 +75,11 @@ pub fn parse_iso8601(s: &str) -> Option<i64> {
     }
     let y = digits(&b[0..4])? as i64;
     let (mo, d) = (digits(&b[5..7])?, digits(&b[8..10])?);
-    let (h, mi, sec) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
+    let (h, mi, sec) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
     if !check_ranges(mo, d, h, mi, sec) {
         return None;
     }
@@ -92,7 +96,11 @@ pub fn parse_iso8601(s: &str) -> Option<i64> {
         }
         rest = &rest[1 + n..];
     }
-    let offset = if rest.is_empty() { 0 } else { parse_offset(rest)? };
+    let offset = if rest.is_empty() {
+        0
+    } else {
+        parse_offset(rest)?
+    };
     let days = days_from_civil(y, mo, d);
     let secs = days * 86400 + (h * 3600 + mi * 60 + sec) as i64 - offset as i64 * 60;
     Some(secs * 1000 + millis)
@@ -115,14 +123,22 @@ pub fn parse_time_local(s: &str) -> Option<i64> {
     if b[14] != b':' || b[17] != b':' {
         return None;
     }
-    let (h, mi, sec) = (digits(&b[12..14])?, digits(&b[15..17])?, digits(&b[18..20])?);
+    let (h, mi, sec) = (
+        digits(&b[12..14])?,
+        digits(&b[15..17])?,
+        digits(&b[18..20])?,
+    );
     if !check_ranges(mo, d, h, mi, sec) {
         return None;
     }
     let rest = std::str::from_utf8(&b[20..]).ok()?.trim();
-    let offset = if rest.is_empty() { 0 } else { parse_offset(rest.as_bytes())? };
-    let secs = days_from_civil(y, mo, d) * 86400 + (h * 3600 + mi * 60 + sec) as i64
-        - offset as i64 * 60;
+    let offset = if rest.is_empty() {
+        0
+    } else {
+        parse_offset(rest.as_bytes())?
+    };
+    let secs =
+        days_from_civil(y, mo, d) * 86400 + (h * 3600 + mi * 60 + sec) as i64 - offset as i64 * 60;
     Some(secs * 1000)
 }
 
@@ -131,7 +147,15 @@ fn split_local(ms: i64, offset_minutes: i32) -> (i64, u32, u32, i64, i64, i64, i
     let days = local.div_euclid(86_400_000);
     let rem = local.rem_euclid(86_400_000);
     let (y, m, d) = civil_from_days(days);
-    (y, m, d, rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000)
+    (
+        y,
+        m,
+        d,
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    )
 }
 
 fn offset_string(offset_minutes: i32, colon: bool) -> String {
@@ -180,7 +204,10 @@ mod tests {
         assert_eq!(parse_iso8601("2020-04-03T16:39:49+08:00"), Some(base));
         assert_eq!(parse_iso8601("2020-04-03T16:39:49+0800"), Some(base));
         assert_eq!(parse_iso8601("2020-04-03T03:39:49-05:00"), Some(base));
-        assert_eq!(parse_iso8601("2020-04-03T16:39:49.250+08:00"), Some(base + 250));
+        assert_eq!(
+            parse_iso8601("2020-04-03T16:39:49.250+08:00"),
+            Some(base + 250)
+        );
         assert_eq!(parse_iso8601("2020-04-03 08:39:49.5"), Some(base + 500));
         assert_eq!(parse_iso8601("2020-13-03T08:39:49Z"), None);
         assert_eq!(parse_iso8601("garbage"), None);
@@ -194,7 +221,10 @@ mod tests {
         assert_eq!(parse_time_local("03/Apr/2020:08:39:49 +0000"), Some(base));
         assert_eq!(format_time_local(base, 480), "03/Apr/2020:16:39:49 +0800");
         assert_eq!(format_iso8601(base, 480), "2020-04-03T16:39:49+08:00");
-        assert_eq!(format_iso8601(base + 7, -330), "2020-04-03T03:09:49.007-05:30");
+        assert_eq!(
+            format_iso8601(base + 7, -330),
+            "2020-04-03T03:09:49.007-05:30"
+        );
         assert_eq!(format_ymd_hms(base, 480), "2020-04-03 16:39:49");
         assert_eq!(parse_time_local("32/Apr/2020:16:39:49 +0800"), None);
         for days in [-1000, 0, 18000, 20000, 60000] {

@@ -1,1 +1,343 @@
-//! TODO
+//! rulecompute (SPEC §4): the 8 per-IP indicators over an exact sliding event-time window.
+//!
+//! Every function takes collections and returns collections. The window is expressed in the
+//! data, not in operator state: an event at time `t` is inserted at tick `⌈t/S⌉·S` and retracted
+//! at that tick plus `W` ([`window`]). Every indicator below is then an ordinary incremental
+//! aggregate, and a rule change (e.g. a new critical page) re-evaluates the live window at once.
+//!
+//! Cost notes (see rust-stack.md): counts are `count_total` (diffs carry the counts, no group
+//! scan); distinct counts are `distinct_total` then `count_total`; the two interval indicators
+//! are pre-aggregated per (IP, slide bucket) so the per-IP step reads at most W/S summaries,
+//! never every event of a hot IP.
+
+mod critical;
+mod intervals;
+
+pub use critical::critical_events;
+pub use intervals::interval_indicators;
+
+use std::net::IpAddr;
+
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
+use differential_dataflow::{AsCollection, VecCollection};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::vec::Map as _;
+
+/// Event time and dataflow timestamp: milliseconds since the Unix epoch.
+pub type Time = u64;
+/// A collection with counting diffs, the only kind this engine uses.
+pub type Coll<'s, D> = VecCollection<'s, Time, D, isize>;
+
+/// Number of partitions used to spread small "broadcast" collections (rules) over workers,
+/// so that joins of per-IP data against them are not funnelled through one worker.
+pub const PARTITIONS: u64 = 64;
+
+/// SPEC §4's indicator names, in rule-number order 0..=7 (`rule_real_name`).
+pub const INDICATOR_NAMES: [&str; 8] = [
+    "ip",
+    "criticalPages",
+    "userAgent",
+    "criticalPagesAccTime",
+    "criticalPagesLessThanDefault",
+    "criticalCookies",
+    "flightQuery",
+    "ipBlock",
+];
+
+/// Window length and slide, both in milliseconds; the length is a multiple of the slide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSpec {
+    pub length_ms: u64,
+    pub slide_ms: u64,
+}
+
+impl Default for WindowSpec {
+    fn default() -> Self {
+        WindowSpec {
+            length_ms: 300_000,
+            slide_ms: 1_000,
+        }
+    }
+}
+
+impl WindowSpec {
+    /// The first tick whose window `(T − W, T]` contains an event at `t_ms`.
+    pub fn tick_of(&self, t_ms: u64) -> Time {
+        t_ms.div_ceil(self.slide_ms) * self.slide_ms
+    }
+}
+
+/// A processed request as rulecompute sees it: only what the indicators need.
+///
+/// The user agent, JSESSIONID and journey are hashed: the indicators only count distinct
+/// values, and 8-byte keys keep the window's arrangements small.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WinEvent {
+    pub ip: IpAddr,
+    /// Exact event time in ms (the dataflow time is this rounded up to the slide).
+    pub t_ms: u64,
+    /// Hash of `request`, the join key for critical pages.
+    pub request_hash: u64,
+    /// The full request line, matched against the critical-page rules.
+    pub request: String,
+    pub ua_hash: u64,
+    /// Hash of the masked JSESSIONID; [`ABSENT`] when the cookie has none (counts as one value).
+    pub cookie_hash: u64,
+    /// Hash of (depCity, arrCity, flightDate) when the request carried a parsed query.
+    pub journey_hash: Option<u64>,
+}
+
+/// Hash value standing for "no JSESSIONID".
+pub const ABSENT: u64 = 0;
+
+/// A deterministic 64-bit hash (same value in every worker and process of one build).
+pub fn stable_hash<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish().max(1)
+}
+
+/// The /16 an address belongs to: first two IPv4 octets, or first two IPv6 hextets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Block {
+    V4(u8, u8),
+    V6(u16, u16),
+}
+
+pub fn block_of(ip: &IpAddr) -> Block {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            Block::V4(o[0], o[1])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            Block::V6(s[0], s[1])
+        }
+    }
+}
+
+/// Partition of an IP for the broadcast joins (see [`PARTITIONS`]).
+pub fn partition_of(ip: &IpAddr) -> u64 {
+    stable_hash(ip) % PARTITIONS
+}
+
+/// Puts every event in the window: inserted at its tick, retracted `W` later.
+pub fn window<'s>(events: Coll<'s, WinEvent>, spec: WindowSpec) -> Coll<'s, WinEvent> {
+    let w = spec.length_ms;
+    events
+        .inner
+        .flat_map(move |(e, t, r)| {
+            let expiring = e.clone();
+            [(e, t, r), (expiring, t + w, -r)]
+        })
+        .as_collection()
+}
+
+/// The 8 indicator values of one IP at one tick (SPEC §4).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Indicators {
+    /// 0 `ip`: requests from the IP.
+    pub ip: i64,
+    /// 1 `criticalPages`: critical-page requests.
+    pub critical_pages: i64,
+    /// 2 `userAgent`: distinct user agents.
+    pub user_agent: i64,
+    /// 3 `criticalPagesAccTime`: smallest interval (ms) between consecutive critical requests.
+    pub critical_pages_acc_time: Option<i64>,
+    /// 4 `criticalPagesLessThanDefault`: per interval threshold (ms), the number of
+    /// consecutive critical intervals shorter than it.
+    pub critical_pages_less_than: Vec<(i64, i64)>,
+    /// 5 `criticalCookies`: distinct JSESSIONIDs on critical requests (absent = one value).
+    pub critical_cookies: i64,
+    /// 6 `flightQuery`: distinct (depCity, arrCity, flightDate) queried.
+    pub flight_query: i64,
+    /// 7 `ipBlock`: requests from the IP's /16.
+    pub ip_block: i64,
+}
+
+impl Indicators {
+    /// Indicator 4 for one interval threshold (0 when the threshold is not tracked).
+    pub fn less_than(&self, threshold_ms: i64) -> i64 {
+        self.critical_pages_less_than
+            .iter()
+            .find(|(t, _)| *t == threshold_ms)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// Value of indicator `kind` (0..=7) for rule comparison; `None` when undefined (kind 3
+    /// with fewer than two critical requests). `lt_threshold` selects indicator 4's threshold.
+    pub fn value(&self, kind: usize, lt_threshold: i64) -> Option<i64> {
+        Some(match kind {
+            0 => self.ip,
+            1 => self.critical_pages,
+            2 => self.user_agent,
+            3 => return self.critical_pages_acc_time,
+            4 => self.less_than(lt_threshold),
+            5 => self.critical_cookies,
+            6 => self.flight_query,
+            7 => self.ip_block,
+            _ => return None,
+        })
+    }
+
+    /// The 8 SPEC names → values, as JSON (indicator 3 is `null` when undefined; indicator 4
+    /// is given for `lt_threshold`).
+    pub fn to_json(&self, lt_threshold: i64) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (kind, name) in INDICATOR_NAMES.iter().enumerate() {
+            let v = self.value(kind, lt_threshold);
+            m.insert(
+                (*name).to_string(),
+                v.map_or(serde_json::Value::Null, Into::into),
+            );
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// One indicator value of one IP, before they are gathered into [`Indicators`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Part {
+    Requests(i64),
+    CriticalPages(i64),
+    UserAgents(i64),
+    /// Indicators 3 and 4 for one interval threshold.
+    Intervals {
+        threshold_ms: i64,
+        min_ms: Option<i64>,
+        less_than: i64,
+    },
+    CriticalCookies(i64),
+    FlightQueries(i64),
+    IpBlock(i64),
+}
+
+fn counts<'s, K: differential_dataflow::ExchangeData + std::hash::Hash>(
+    keys: Coll<'s, K>,
+) -> Coll<'s, (K, i64)> {
+    keys.count_total().map(|(k, n)| (k, n as i64))
+}
+
+/// Indicator 0: requests per IP.
+pub fn requests_per_ip<'s>(events: Coll<'s, WinEvent>) -> Coll<'s, (IpAddr, i64)> {
+    counts(events.map(|e| e.ip))
+}
+
+/// Indicator 2: distinct user agents per IP.
+pub fn user_agents_per_ip<'s>(events: Coll<'s, WinEvent>) -> Coll<'s, (IpAddr, i64)> {
+    counts(
+        events
+            .map(|e| (e.ip, e.ua_hash))
+            .distinct_total()
+            .map(|(ip, _)| ip),
+    )
+}
+
+/// Indicator 6: distinct journeys per IP.
+pub fn journeys_per_ip<'s>(events: Coll<'s, WinEvent>) -> Coll<'s, (IpAddr, i64)> {
+    counts(
+        events
+            .flat_map(|e| e.journey_hash.map(|j| (e.ip, j)))
+            .distinct_total()
+            .map(|(ip, _)| ip),
+    )
+}
+
+/// Indicator 7: requests from the /16 of each IP that is in the window.
+pub fn block_requests_per_ip<'s>(
+    events: Coll<'s, WinEvent>,
+    live_ips: Coll<'s, IpAddr>,
+) -> Coll<'s, (IpAddr, i64)> {
+    let per_block = counts(events.map(|e| block_of(&e.ip)));
+    live_ips
+        .map(|ip| (block_of(&ip), ip))
+        .join(per_block)
+        .map(|(_, (ip, n))| (ip, n))
+}
+
+/// A critical request as the critical indicators see it.
+pub type CriticalEvent = (IpAddr, u64 /* t_ms */, u64 /* cookie hash */);
+
+/// Indicator 1: critical-page requests per IP.
+pub fn critical_pages_per_ip<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr, i64)> {
+    counts(critical.map(|(ip, _, _)| ip))
+}
+
+/// Indicator 5: distinct JSESSIONIDs on critical requests per IP.
+pub fn critical_cookies_per_ip<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr, i64)> {
+    counts(
+        critical
+            .map(|(ip, _, c)| (ip, c))
+            .distinct_total()
+            .map(|(ip, _)| ip),
+    )
+}
+
+/// Gathers the per-indicator collections into one [`Indicators`] record per IP in the window.
+///
+/// The group of an IP holds at most 7 + (number of interval thresholds) values, so this
+/// reduce is cheap however hot the IP is.
+pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> Coll<'s, (IpAddr, Indicators)> {
+    parts.reduce_named("GatherIndicators", |_ip, input, output| {
+        let mut ind = Indicators::default();
+        for (part, _) in input {
+            match part {
+                Part::Requests(n) => ind.ip = *n,
+                Part::CriticalPages(n) => ind.critical_pages = *n,
+                Part::UserAgents(n) => ind.user_agent = *n,
+                Part::Intervals {
+                    threshold_ms,
+                    min_ms,
+                    less_than,
+                } => {
+                    ind.critical_pages_acc_time = *min_ms;
+                    if *threshold_ms > 0 {
+                        ind.critical_pages_less_than
+                            .push((*threshold_ms, *less_than));
+                    }
+                }
+                Part::CriticalCookies(n) => ind.critical_cookies = *n,
+                Part::FlightQueries(n) => ind.flight_query = *n,
+                Part::IpBlock(n) => ind.ip_block = *n,
+            }
+        }
+        // An IP is in the window iff it has requests; the other parts follow from those.
+        if ind.ip > 0 {
+            output.push((ind, 1));
+        }
+    })
+}
+
+/// All 8 indicators for every IP in the window.
+///
+/// * `events`: processed requests at their tick (not yet windowed);
+/// * `critical_rules`: `(rule id, regex)` rows of `nh_query_critical_pages`;
+/// * `interval_thresholds`: the distinct `arg0` (ms) of the running flows' rule 4.
+pub fn indicators<'s>(
+    events: Coll<'s, WinEvent>,
+    critical_rules: Coll<'s, (i64, String)>,
+    interval_thresholds: Coll<'s, i64>,
+    spec: WindowSpec,
+) -> Coll<'s, (IpAddr, Indicators)> {
+    let events = window(events, spec);
+    let critical = critical_events(events.clone(), critical_rules);
+
+    let requests = requests_per_ip(events.clone());
+    let live_ips = requests.clone().map(|(ip, _)| ip);
+
+    let parts = requests
+        .map(|(ip, n)| (ip, Part::Requests(n)))
+        .concat(critical_pages_per_ip(critical.clone()).map(|(ip, n)| (ip, Part::CriticalPages(n))))
+        .concat(user_agents_per_ip(events.clone()).map(|(ip, n)| (ip, Part::UserAgents(n))))
+        .concat(interval_indicators(
+            critical.clone(),
+            interval_thresholds,
+            spec,
+        ))
+        .concat(critical_cookies_per_ip(critical).map(|(ip, n)| (ip, Part::CriticalCookies(n))))
+        .concat(journeys_per_ip(events.clone()).map(|(ip, n)| (ip, Part::FlightQueries(n))))
+        .concat(block_requests_per_ip(events, live_ips).map(|(ip, n)| (ip, Part::IpBlock(n))));
+    gather(parts)
+}

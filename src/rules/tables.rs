@@ -114,7 +114,10 @@ pub struct AnalyzeRule {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CriticalPage {
     pub id: i64,
-    #[serde(rename = "criticalPageMatchExpression", alias = "critical_page_match_expression")]
+    #[serde(
+        rename = "criticalPageMatchExpression",
+        alias = "critical_page_match_expression"
+    )]
     pub critical_page_match_expression: String,
 }
 

@@ -1,0 +1,158 @@
+//! Serialization of [`ProcessedData`] for the `processedQuery` / `processedBook` outputs
+//! (SPEC §3.8, reference §3.9).
+
+use crate::event::ProcessedData;
+
+/// Number of fields of a `#CS#` line.
+pub const CS_FIELDS: usize = 19;
+
+/// Makes a value safe inside a `#CS#` line: every `#CS` becomes `#cs` (so neither a `#CS#`
+/// inside the value nor a value ending in `#CS` next to the separator can create an extra
+/// separator), and CR/LF become spaces (one record per line). Empty → `NULL`.
+fn cs_value(v: &str) -> String {
+    if v.is_empty() {
+        return "NULL".to_string();
+    }
+    let mut s = if v.contains("#CS") {
+        v.replace("#CS", "#cs")
+    } else {
+        v.to_string()
+    };
+    if s.contains(['\n', '\r']) {
+        s = s.replace(['\n', '\r'], " ");
+    }
+    s
+}
+
+/// The original's 19 fields joined by `#CS#`, every empty value as `NULL`:
+/// `sourceData(NULL), requestMethod, request, remoteAddr, httpUserAgent, timeIso8601,
+/// serverAddr, highFrqIPGroup, flightType, behaviorType, travelType, flightDate, depCity,
+/// arrCity, JSESSIONID, userId, QueryRequestData JSON, BookRequestData JSON, httpReferrer`.
+///
+/// Escaping: a `#CS` inside a value is written `#cs` and CR/LF as spaces, so the line always
+/// splits into exactly 19 fields.
+pub fn to_cs_line(p: &ProcessedData) -> String {
+    let json = |v: Option<String>| v.unwrap_or_default();
+    let fields: [String; CS_FIELDS] = [
+        String::new(),
+        p.request_method.clone(),
+        p.request.clone(),
+        p.remote_addr.clone(),
+        p.http_user_agent.clone(),
+        p.time_iso8601.clone(),
+        p.server_addr.clone(),
+        p.high_frq_ip_group.to_string(),
+        p.flight_type.name().to_string(),
+        p.behavior_type.name().to_string(),
+        p.travel_type.name().to_string(),
+        p.flight_date.clone(),
+        p.dep_city.clone(),
+        p.arr_city.clone(),
+        p.jsessionid.clone().unwrap_or_default(),
+        p.user_id.clone().unwrap_or_default(),
+        json(p.query.as_ref().and_then(|q| serde_json::to_string(q).ok())),
+        json(p.book.as_ref().and_then(|b| serde_json::to_string(b).ok())),
+        p.http_referer.clone(),
+    ];
+    let mut line = String::with_capacity(fields.iter().map(|f| f.len() + 4).sum());
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push_str("#CS#");
+        }
+        line.push_str(&cs_value(f));
+    }
+    line
+}
+
+/// `ProcessedData` as one JSON object (serde field names; no newline inside).
+pub fn to_json_line(p: &ProcessedData) -> String {
+    serde_json::to_string(p).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::*;
+
+    fn sample() -> ProcessedData {
+        ProcessedData {
+            time_ms: 1_585_903_189_000,
+            request_method: "POST".into(),
+            request: "POST /B2C40/query/jaxb/direct/query.ao HTTP/1.1".into(),
+            remote_addr: "192.168.8.1".into(),
+            http_user_agent: String::new(),
+            time_iso8601: "2020-04-03T16:39:49+08:00".into(),
+            server_addr: "192.168.8.103".into(),
+            high_frq_ip_group: false,
+            flight_type: FlightType::National,
+            behavior_type: BehaviorType::Query,
+            travel_type: TravelType::OneWay,
+            flight_date: "20180220".into(),
+            dep_city: "CAN".into(),
+            arr_city: "WUH".into(),
+            jsessionid: None,
+            user_id: Some("abc".into()),
+            query: Some(QueryRequestData {
+                flight_type: 0,
+                dep_city: "CAN".into(),
+                ..Default::default()
+            }),
+            book: None,
+            http_referer: String::new(),
+            status: Some(200),
+            request_time: Some(0.25),
+        }
+    }
+
+    #[test]
+    fn nineteen_fields_with_nulls() {
+        let line = to_cs_line(&sample());
+        let f: Vec<&str> = line.split("#CS#").collect();
+        assert_eq!(f.len(), 19, "{line}");
+        assert_eq!(f[0], "NULL");
+        assert_eq!(f[1], "POST");
+        assert_eq!(f[2], "POST /B2C40/query/jaxb/direct/query.ao HTTP/1.1");
+        assert_eq!(f[3], "192.168.8.1");
+        assert_eq!(f[4], "NULL");
+        assert_eq!(f[5], "2020-04-03T16:39:49+08:00");
+        assert_eq!(f[7], "false");
+        assert_eq!((f[8], f[9], f[10]), ("National", "Query", "OneWay"));
+        assert_eq!((f[11], f[12], f[13]), ("20180220", "CAN", "WUH"));
+        assert_eq!((f[14], f[15]), ("NULL", "abc"));
+        let q: serde_json::Value = serde_json::from_str(f[16]).unwrap();
+        assert_eq!(q["depCity"], "CAN");
+        assert_eq!(q["flightType"], 0);
+        assert_eq!(q["travelType"], 0);
+        assert_eq!(f[17], "NULL");
+        assert_eq!(f[18], "NULL");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn separator_inside_values_is_escaped() {
+        let mut p = sample();
+        p.http_user_agent = "a#CS#b#CS#CS#c\nd".into();
+        p.http_referer = "x#CS".into();
+        p.request = "#CS#".into();
+        p.dep_city = "#CS#CS#CS#".into();
+        let line = to_cs_line(&p);
+        let f: Vec<&str> = line.split("#CS#").collect();
+        assert_eq!(f.len(), 19, "{line}");
+        assert_eq!(f[2], "#cs#");
+        assert_eq!(f[4], "a#cs#b#cs#cs#c d");
+        assert_eq!(f[12], "#cs#cs#cs#");
+        assert_eq!(f[18], "x#cs");
+        // JSON fields stay valid JSON after escaping.
+        let q: serde_json::Value = serde_json::from_str(f[16]).unwrap();
+        assert!(q.is_object());
+    }
+
+    #[test]
+    fn json_line_roundtrips() {
+        let p = sample();
+        let line = to_json_line(&p);
+        assert!(!line.contains('\n'));
+        let back: ProcessedData = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, p);
+    }
+}

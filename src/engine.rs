@@ -1,0 +1,596 @@
+//! The driver: reads lines, runs dataprocess, feeds the dataflow in event time, writes sinks.
+//!
+//! Each timely worker runs [`worker_main`]. Workers read disjoint shares of the input (every
+//! `peers`-th line), so parsing scales with workers; the dataflow exchanges by IP. The input
+//! time of a worker is the newest tick it has seen minus the allowed lateness; an event whose
+//! tick is already behind it is late and dead-lettered.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::config::{Config, ProcessedFormat, SourceKind, WindowInput};
+use crate::dataflow::{self, Pipeline};
+use crate::dataprocess::{self, CookieNames, DataRules, Masker, Outcome};
+use crate::deadletter::DeadLetter;
+use crate::event::{BehaviorType, ProcessedData};
+use crate::format::{parse_line, ParseLimits};
+use crate::rulecompute::{stable_hash, Indicators, Time, WinEvent, ABSENT};
+use crate::rules::{IpMatcher, RuleTables, RuleWatcher};
+use crate::sink::blacklist::{self, Action};
+use crate::sink::files::{Batched, SharedFile};
+use crate::source::{FileSource, LineSource, Poll, RawLine};
+
+/// Counts of what happened to the input, summed over workers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counters {
+    pub lines_read: u64,
+    pub parsed: u64,
+    pub filtered: u64,
+    pub processed_query: u64,
+    pub processed_book: u64,
+    pub processed_other: u64,
+    pub dead_lettered: u64,
+    pub late: u64,
+    pub windowed: u64,
+    pub decisions_add: u64,
+    pub decisions_remove: u64,
+}
+
+impl Counters {
+    fn add(&mut self, o: &Counters) {
+        self.lines_read += o.lines_read;
+        self.parsed += o.parsed;
+        self.filtered += o.filtered;
+        self.processed_query += o.processed_query;
+        self.processed_book += o.processed_book;
+        self.processed_other += o.processed_other;
+        self.dead_lettered += o.dead_lettered;
+        self.late += o.late;
+        self.windowed += o.windowed;
+        self.decisions_add += o.decisions_add;
+        self.decisions_remove += o.decisions_remove;
+    }
+}
+
+/// What a run reports at the end.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub counters: Counters,
+    /// Distinct IPs that were added to the blacklist by any flow.
+    pub ips_blacklisted: usize,
+    pub final_tick: Option<Time>,
+    pub elapsed_secs: f64,
+    pub lines_per_sec: f64,
+    pub workers: usize,
+}
+
+/// How the engine runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: Config,
+    /// Keep running after the end of the input (follow the file, watch rules) until `stop`.
+    pub live: bool,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// State shared by the workers of this process.
+struct Shared {
+    blacklist: SharedFile,
+    processed_query: SharedFile,
+    processed_book: SharedFile,
+    deadletter: SharedFile,
+    indicators_path: std::path::PathBuf,
+    readers: usize,
+    readers_done: AtomicUsize,
+    max_tick: AtomicU64,
+    /// The input time of worker 0, mirrored by workers that read nothing (stdin).
+    leader_time: AtomicU64,
+    lines_read: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+/// Runs the engine to the end of its input (or until `stop`), and returns the summary.
+pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
+    let cfg = opts.config.clone();
+    cfg.validate()?;
+    let out = &cfg.output.dir;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    if cfg.source.kind == SourceKind::Generator && !cfg.source.path.exists() {
+        generate_sample(&cfg)?;
+    }
+    // Fail early, naming the file, if the rules do not load or compile.
+    let tables = RuleTables::load_dir(&cfg.rules.dir)?;
+    DataRules::compile(&tables.filter, &tables.classify, &tables.analyze)
+        .with_context(|| format!("{}: rule tables do not compile", cfg.rules.dir.display()))?;
+
+    let workers = cfg.engine.workers;
+    let stdin = cfg.source.path == Path::new("-");
+    let ext = match cfg.output.processed_format {
+        ProcessedFormat::Cs => "cs",
+        ProcessedFormat::Json => "jsonl",
+    };
+    let shared = Arc::new(Shared {
+        blacklist: SharedFile::create(&out.join("blacklist.jsonl"))?,
+        processed_query: SharedFile::create(&out.join(format!("processed_query.{ext}")))?,
+        processed_book: SharedFile::create(&out.join(format!("processed_book.{ext}")))?,
+        deadletter: SharedFile::create(&out.join("deadletter.jsonl"))?,
+        indicators_path: out.join("indicators.jsonl"),
+        readers: if stdin { 1 } else { workers },
+        readers_done: AtomicUsize::new(0),
+        max_tick: AtomicU64::new(0),
+        leader_time: AtomicU64::new(0),
+        lines_read: AtomicU64::new(0),
+        stop,
+    });
+
+    let started = Instant::now();
+    let progress = opts.progress.then(|| progress_bar(shared.clone()));
+    let timely_config = if workers == 1 {
+        timely::Config::thread()
+    } else {
+        timely::Config::process(workers)
+    };
+    let live = opts.live;
+    let shared_w = shared.clone();
+    let guards = timely::execute(timely_config, move |worker| {
+        worker_main(worker, &cfg, live, &shared_w)
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start timely workers: {e}"))?;
+
+    let mut counters = Counters::default();
+    let mut ips = BTreeSet::new();
+    let mut indicators = Vec::new();
+    let mut final_tick = None;
+    for result in guards.join() {
+        let r = result.map_err(|e| anyhow::anyhow!("worker failed: {e}"))??;
+        counters.add(&r.counters);
+        ips.extend(r.blacklisted_ips);
+        indicators.extend(r.indicators);
+        final_tick = final_tick.max(r.final_tick);
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    write_indicators(
+        &shared.indicators_path,
+        indicators,
+        opts.config.output.utc_offset_minutes,
+    )?;
+    for f in [
+        &shared.blacklist,
+        &shared.processed_query,
+        &shared.processed_book,
+        &shared.deadletter,
+    ] {
+        f.flush()?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Summary {
+        lines_per_sec: counters.lines_read as f64 / elapsed.max(1e-9),
+        counters,
+        ips_blacklisted: ips.len(),
+        final_tick,
+        elapsed_secs: elapsed,
+        workers,
+    })
+}
+
+fn generate_sample(cfg: &Config) -> anyhow::Result<()> {
+    let path = &cfg.source.path;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let opts = crate::gen::GenOptions {
+        lines: cfg.source.generator_lines,
+        format: cfg.source.format,
+        ..Default::default()
+    };
+    let mut log = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let truth_path = path.with_extension("truth.csv");
+    let mut truth = std::io::BufWriter::new(std::fs::File::create(&truth_path)?);
+    crate::gen::generate(&opts, &mut log, &mut truth)
+        .with_context(|| format!("{}: cannot generate sample traffic", path.display()))?;
+    tracing::info!(
+        "generated {} sample lines into {} (ground truth: {})",
+        opts.lines,
+        path.display(),
+        truth_path.display()
+    );
+    Ok(())
+}
+
+fn progress_bar(shared: Arc<Shared>) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .expect("valid template"),
+    );
+    let b = bar.clone();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while !b.is_finished() {
+            let n = shared.lines_read.load(Ordering::Relaxed);
+            let rate = n as f64 / start.elapsed().as_secs_f64().max(1e-3);
+            b.set_message(format!("{n} lines read, {rate:.0} lines/s"));
+            b.tick();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    bar
+}
+
+fn write_indicators(
+    path: &Path,
+    mut rows: Vec<(IpAddr, Indicators)>,
+    _utc_offset: i32,
+) -> anyhow::Result<()> {
+    rows.sort();
+    let f = SharedFile::create(path)?;
+    let mut out = Batched::new(f);
+    for (ip, ind) in rows {
+        let lt: serde_json::Map<String, serde_json::Value> = ind
+            .critical_pages_less_than
+            .iter()
+            .map(|(t, n)| (t.to_string(), (*n).into()))
+            .collect();
+        let line = serde_json::json!({
+            "ip": ip.to_string(),
+            "indicators": ind.to_json(ind.critical_pages_less_than.first().map_or(0, |(t, _)| *t)),
+            "criticalPagesLessThanDefault_by_interval_ms": lt,
+        });
+        out.line(&line.to_string())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// What one worker hands back.
+struct WorkerResult {
+    counters: Counters,
+    blacklisted_ips: BTreeSet<IpAddr>,
+    indicators: Vec<(IpAddr, Indicators)>,
+    final_tick: Option<Time>,
+}
+
+/// Per-worker state of the ingest loop.
+struct Ingest<'a> {
+    cfg: &'a Config,
+    rules: DataRules,
+    ip_matcher: IpMatcher,
+    masker: Masker,
+    cookies: CookieNames,
+    limits: ParseLimits,
+    counters: Counters,
+    max_tick: Time,
+    processed_query: Batched,
+    processed_book: Batched,
+    deadletter: Batched,
+}
+
+impl Ingest<'_> {
+    fn dead_letter(
+        &mut self,
+        line_no: u64,
+        reason: &str,
+        detail: &str,
+        raw: &[u8],
+    ) -> std::io::Result<()> {
+        self.counters.dead_lettered += 1;
+        let d = DeadLetter::new(line_no, reason, detail, raw, &self.masker);
+        self.deadletter.line(&d.to_json_line())
+    }
+
+    /// SPEC §2–§3 for one line; the windowed event (if any) goes into `pipeline`.
+    fn line(&mut self, pipeline: &mut Pipeline, line_no: u64, raw: &[u8]) -> std::io::Result<()> {
+        self.counters.lines_read += 1;
+        let rec = match parse_line(self.cfg.source.format, raw, &self.limits) {
+            Ok(rec) => rec,
+            Err(e) => return self.dead_letter(line_no, e.kind.as_str(), &e.detail, raw),
+        };
+        self.counters.parsed += 1;
+        if rec.time_ms < 0 {
+            return self.dead_letter(line_no, "bad_time", "event time before 1970", raw);
+        }
+        let mut p = match dataprocess::process(&self.rules, &self.masker, &self.cookies, rec) {
+            Outcome::Filtered => {
+                self.counters.filtered += 1;
+                return Ok(());
+            }
+            Outcome::Processed(p) => p,
+        };
+        let Ok(ip) = p.remote_addr.parse::<IpAddr>() else {
+            return self.dead_letter(line_no, "bad_remote_addr", "remote_addr is not an IP", raw);
+        };
+        let spec = self.cfg.window.spec();
+        let tick = spec.tick_of(p.time_ms as u64);
+        if tick < pipeline.time() {
+            self.counters.late += 1;
+            let detail = format!(
+                "event tick {tick} is behind the input frontier {} (allowed lateness {} ms)",
+                pipeline.time(),
+                self.cfg.window.allowed_lateness_ms
+            );
+            return self.dead_letter(line_no, "late", &detail, raw);
+        }
+        p.high_frq_ip_group = self.ip_matcher.contains(&ip);
+        let line = match self.cfg.output.processed_format {
+            ProcessedFormat::Cs => dataprocess::to_cs_line(&p),
+            ProcessedFormat::Json => dataprocess::to_json_line(&p),
+        };
+        let windowed = match p.behavior_type {
+            BehaviorType::Query => {
+                self.counters.processed_query += 1;
+                self.processed_query.line(&line)?;
+                true
+            }
+            BehaviorType::Book => {
+                self.counters.processed_book += 1;
+                self.processed_book.line(&line)?;
+                self.cfg.window.input == WindowInput::All
+            }
+            BehaviorType::Other => {
+                self.counters.processed_other += 1;
+                self.cfg.window.input == WindowInput::All
+            }
+        };
+        if windowed {
+            self.counters.windowed += 1;
+            self.max_tick = self.max_tick.max(tick);
+            pipeline.events.update_at(win_event(ip, p), tick, 1);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.processed_query.flush()?;
+        self.processed_book.flush()?;
+        self.deadletter.flush()
+    }
+}
+
+/// What rulecompute keeps of a processed request.
+pub fn win_event(ip: IpAddr, p: ProcessedData) -> WinEvent {
+    let journey = (!p.dep_city.is_empty() || !p.arr_city.is_empty() || !p.flight_date.is_empty())
+        .then(|| stable_hash(&(&p.dep_city, &p.arr_city, &p.flight_date)));
+    WinEvent {
+        ip,
+        t_ms: p.time_ms as u64,
+        request_hash: stable_hash(&p.request),
+        ua_hash: stable_hash(&p.http_user_agent),
+        cookie_hash: p.jsessionid.as_deref().map_or(ABSENT, stable_hash),
+        journey_hash: journey,
+        request: p.request,
+    }
+}
+
+fn worker_main(
+    worker: &mut timely::worker::Worker,
+    cfg: &Config,
+    live: bool,
+    shared: &Shared,
+) -> anyhow::Result<WorkerResult> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let spec = cfg.window.spec();
+    let mut pipeline = dataflow::build(worker, spec);
+
+    let mut tables = RuleTables::load_dir(&cfg.rules.dir)?;
+    if index == 0 {
+        pipeline.rules.apply(&RuleTables::default(), &tables);
+    }
+    let mut watcher = cfg.rules.watch.then(|| RuleWatcher::new(&cfg.rules.dir));
+    let mut last_watch = Instant::now();
+
+    let stdin = cfg.source.path == Path::new("-");
+    let reader = !stdin || index == 0;
+    let mut source = if reader {
+        let shard = if stdin { (0, 1) } else { (index, peers) };
+        Some(
+            FileSource::open(&cfg.source.path, cfg.source.follow || live, shard)
+                .with_context(|| format!("{}: cannot open log", cfg.source.path.display()))?,
+        )
+    } else {
+        None
+    };
+
+    let mut ingest = Ingest {
+        cfg,
+        rules: DataRules::compile(&tables.filter, &tables.classify, &tables.analyze)?,
+        ip_matcher: IpMatcher::new(&tables.ip_blacklist),
+        masker: Masker::new(cfg.masking.mode, &cfg.mask_secret()),
+        cookies: CookieNames {
+            jsessionid: cfg.cookies.jsessionid.clone(),
+            user_id: cfg.cookies.user_id.clone(),
+        },
+        limits: ParseLimits {
+            max_line_bytes: cfg.source.max_line_bytes,
+        },
+        counters: Counters::default(),
+        max_tick: 0,
+        processed_query: Batched::new(shared.processed_query.clone()),
+        processed_book: Batched::new(shared.processed_book.clone()),
+        deadletter: Batched::new(shared.deadletter.clone()),
+    };
+    let mut blacklisted = BTreeSet::new();
+    let lateness = cfg.window.allowed_lateness_ms;
+    let slide = cfg.window.slide_ms;
+    // Event time vs wall clock at the last event, to let time pass while a followed file is idle.
+    let mut skew: Option<i64> = None;
+    let mut buf: Vec<RawLine> = Vec::with_capacity(cfg.engine.batch_lines);
+    let mut done_reading = false;
+
+    loop {
+        let status = match source.as_mut() {
+            Some(s) if !done_reading => s.poll(&mut buf, cfg.engine.batch_lines)?,
+            _ => Poll::Eof,
+        };
+        shared
+            .lines_read
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        for (line_no, raw) in buf.drain(..) {
+            ingest.line(&mut pipeline, line_no, &raw)?;
+        }
+
+        // Advance event time: newest tick minus the allowed lateness, on the slide grid.
+        let mut target = ingest.max_tick.saturating_sub(lateness) / slide * slide;
+        if status == Poll::Data {
+            skew = Some(now_ms() - ingest.max_tick as i64);
+        } else if status == Poll::Idle {
+            if let Some(s) = skew {
+                let by_clock = (now_ms() - s).max(0) as u64;
+                target = target.max(by_clock.saturating_sub(lateness) / slide * slide);
+            }
+        }
+        if !reader {
+            target = shared.leader_time.load(Ordering::Acquire);
+        }
+        pipeline.advance_to(target);
+        if index == 0 {
+            shared.leader_time.store(pipeline.time(), Ordering::Release);
+        }
+
+        worker.step();
+        // Bound the backlog: do not read far ahead of what the dataflow has completed.
+        let lag_limit = pipeline.time().saturating_sub(10 * slide.max(1000));
+        while pipeline.probe.less_than(&lag_limit) {
+            worker.step();
+        }
+        emit_decisions(
+            &pipeline,
+            cfg,
+            shared,
+            &mut ingest.counters,
+            &mut blacklisted,
+            None,
+        )?;
+
+        if let Some(w) = watcher.as_mut() {
+            if last_watch.elapsed() >= Duration::from_millis(cfg.rules.watch_interval_ms) {
+                last_watch = Instant::now();
+                if let Some(result) = w.poll() {
+                    match result.and_then(|new| {
+                        let rules = DataRules::compile(&new.filter, &new.classify, &new.analyze)?;
+                        Ok((new, rules))
+                    }) {
+                        Ok((new, rules)) => {
+                            if index == 0 {
+                                pipeline.rules.apply(&tables, &new);
+                                pipeline.flush();
+                                tracing::info!("rules reloaded from {}", cfg.rules.dir.display());
+                            }
+                            ingest.rules = rules;
+                            ingest.ip_matcher = IpMatcher::new(&new.ip_blacklist);
+                            tables = new;
+                        }
+                        Err(e) => {
+                            if index == 0 {
+                                tracing::error!(
+                                    "rule reload failed, previous rules stay in force: {e:#}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let stopping = shared.stop.load(Ordering::Relaxed);
+        if reader && !done_reading && (status == Poll::Eof || stopping) {
+            done_reading = true;
+            shared.max_tick.fetch_max(ingest.max_tick, Ordering::AcqRel);
+            shared.readers_done.fetch_add(1, Ordering::AcqRel);
+            ingest.flush()?;
+        }
+        if shared.readers_done.load(Ordering::Acquire) >= shared.readers {
+            break;
+        }
+        if status == Poll::Idle || (!reader) || done_reading {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+        }
+    }
+
+    // Complete the final tick everywhere, read the results as of it, and drop the rest (the
+    // window expirations after the end of the input are not decisions anyone asked for).
+    let final_tick = shared.max_tick.load(Ordering::Acquire);
+    pipeline.advance_to(final_tick + 1);
+    while !pipeline.done_through(final_tick) {
+        worker.step();
+    }
+    emit_decisions(
+        &pipeline,
+        cfg,
+        shared,
+        &mut ingest.counters,
+        &mut blacklisted,
+        Some(final_tick),
+    )?;
+    let indicators = pipeline.indicators_at(final_tick);
+    ingest.flush()?;
+    pipeline.shutdown(worker);
+    Ok(WorkerResult {
+        counters: ingest.counters,
+        blacklisted_ips: blacklisted,
+        indicators,
+        final_tick: (final_tick > 0).then_some(final_tick),
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn emit_decisions(
+    pipeline: &Pipeline,
+    cfg: &Config,
+    shared: &Shared,
+    counters: &mut Counters,
+    blacklisted: &mut BTreeSet<IpAddr>,
+    until: Option<Time>,
+) -> anyhow::Result<()> {
+    let mut updates = pipeline.drain_blacklist();
+    if let Some(last) = until {
+        updates.retain(|(_, t, _)| *t <= last);
+    }
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let offset = cfg.output.utc_offset_minutes;
+    let mut text = String::new();
+    for d in blacklist::decisions(updates) {
+        match d.action {
+            Action::Add => {
+                counters.decisions_add += 1;
+                blacklisted.insert(d.entry.ip);
+            }
+            Action::Remove => counters.decisions_remove += 1,
+            Action::Update => continue,
+        }
+        let json = blacklist::to_json(&d, offset, now_ms());
+        if cfg.output.print_decisions {
+            println!(
+                "{} {} flow={} score={:.3} threshold={} hits={} at {}",
+                d.action.as_str().to_uppercase(),
+                d.entry.ip,
+                d.entry.flow_id,
+                d.entry.decision.score.0,
+                d.entry.decision.threshold.0,
+                d.entry.decision.hit_rule_names.join(","),
+                json["event_time"].as_str().unwrap_or_default(),
+            );
+        }
+        text.push_str(&json.to_string());
+        text.push('\n');
+    }
+    shared.blacklist.write_all(text.as_bytes())?;
+    Ok(())
+}

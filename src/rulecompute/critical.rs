@@ -1,0 +1,74 @@
+//! Critical pages (`nh_query_critical_pages`), evaluated retroactively over the live window.
+//!
+//! The rule table is folded into one value (the sorted pattern list) and broadcast over
+//! [`PARTITIONS`]; every distinct request line in the window is matched against it with one
+//! `RegexSet` pass. When a rule is added or removed, the pattern list changes, every distinct
+//! request is matched again, and the critical events already in the window follow.
+
+use super::{Coll, CriticalEvent, WinEvent, PARTITIONS};
+use differential_dataflow::operators::ThresholdTotal;
+use regex::RegexSet;
+
+/// A compiled pattern list; the last few are cached because a rule change briefly needs both
+/// the old list (to retract) and the new one.
+struct MatcherCache {
+    entries: Vec<(Vec<(i64, String)>, RegexSet)>,
+}
+
+impl MatcherCache {
+    fn matcher(&mut self, patterns: &[(i64, String)]) -> &RegexSet {
+        if let Some(pos) = self.entries.iter().position(|(p, _)| p == patterns) {
+            return &self.entries[pos].1;
+        }
+        // Rules are validated when loaded; an invalid one that slips through matches nothing.
+        let valid: Vec<String> = patterns
+            .iter()
+            .map(|(_, p)| format!("^(?:{p})$"))
+            .filter(|p| regex::Regex::new(p).is_ok())
+            .collect();
+        let set = RegexSet::new(valid).unwrap_or_else(|_| RegexSet::empty());
+        if self.entries.len() >= 4 {
+            self.entries.remove(0);
+        }
+        self.entries.push((patterns.to_vec(), set));
+        &self.entries.last().expect("just pushed").1
+    }
+}
+
+/// Request hashes (in the window) whose request line fully matches a critical-page rule.
+pub fn critical_requests<'s>(
+    events: Coll<'s, WinEvent>,
+    rules: Coll<'s, (i64, String)>,
+) -> Coll<'s, u64> {
+    let pattern_list = rules
+        .map(|rule| ((), rule))
+        .reduce_named("CriticalPatternList", |_unit, input, output| {
+            let list: Vec<(i64, String)> = input.iter().map(|(r, _)| (*r).clone()).collect();
+            output.push((list, 1));
+        })
+        .flat_map(|((), list)| (0..PARTITIONS).map(move |p| (p, list.clone())))
+        .arrange_by_key();
+
+    let mut cache = MatcherCache {
+        entries: Vec::new(),
+    };
+    events
+        .map(|e| (e.request_hash, e.request))
+        .distinct_total()
+        .map(|(h, request)| (h % PARTITIONS, (h, request)))
+        .join_core(pattern_list, move |_p, (h, request), list| {
+            cache.matcher(list).is_match(request).then_some(*h)
+        })
+}
+
+/// The critical requests of the window, as `(ip, t_ms, cookie hash)`.
+pub fn critical_events<'s>(
+    events: Coll<'s, WinEvent>,
+    rules: Coll<'s, (i64, String)>,
+) -> Coll<'s, CriticalEvent> {
+    let critical = critical_requests(events.clone(), rules);
+    events
+        .map(|e| (e.request_hash, (e.ip, e.t_ms, e.cookie_hash)))
+        .semijoin(critical)
+        .map(|(_, event)| event)
+}

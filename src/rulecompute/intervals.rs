@@ -1,0 +1,107 @@
+//! Indicators 3 (`criticalPagesAccTime`) and 4 (`criticalPagesLessThanDefault`).
+//!
+//! Both depend on the gaps between consecutive critical requests of an IP. Because the window
+//! holds whole slide buckets, the gaps of the window are the gaps inside each bucket plus the
+//! gaps between neighbouring non-empty buckets. So the work is split in two reduces:
+//! 1. per (IP, threshold, bucket): first and last time, smallest inner gap, inner gaps < threshold;
+//! 2. per (IP, threshold): fold the ≤ W/S bucket summaries in time order.
+//!
+//! Indicator 4 depends on the rule's interval (`arg0`), so the critical events are joined with
+//! the set of thresholds in force; threshold 0 is always present and carries indicator 3.
+
+use std::net::IpAddr;
+
+use super::{partition_of, Coll, CriticalEvent, Part, WindowSpec, PARTITIONS};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct BucketSummary {
+    first: u64,
+    last: u64,
+    min_gap: Option<u64>,
+    gaps_below: i64,
+}
+
+/// Summarises the sorted times (with multiplicities) of one bucket.
+fn summarise<'a>(
+    times: impl Iterator<Item = (&'a u64, isize)>,
+    threshold: u64,
+) -> Option<BucketSummary> {
+    let mut summary: Option<BucketSummary> = None;
+    for (&t, n) in times {
+        for _ in 0..n.max(0) {
+            match summary.as_mut() {
+                None => {
+                    summary = Some(BucketSummary {
+                        first: t,
+                        last: t,
+                        min_gap: None,
+                        gaps_below: 0,
+                    })
+                }
+                Some(s) => {
+                    let gap = t - s.last;
+                    s.min_gap = Some(s.min_gap.map_or(gap, |m| m.min(gap)));
+                    s.gaps_below += i64::from(gap < threshold);
+                    s.last = t;
+                }
+            }
+        }
+    }
+    summary
+}
+
+/// `Part::Intervals` for every (IP with critical requests, threshold in force).
+pub fn interval_indicators<'s>(
+    critical: Coll<'s, CriticalEvent>,
+    thresholds: Coll<'s, i64>,
+    spec: WindowSpec,
+) -> Coll<'s, (IpAddr, Part)> {
+    let thresholds = thresholds
+        .flat_map(|a| (0..PARTITIONS).map(move |p| (p, a)))
+        .arrange_by_key();
+    let slide = spec.slide_ms;
+
+    critical
+        .map(|(ip, t, _)| (partition_of(&ip), (ip, t)))
+        .join_core(thresholds, move |_p, &(ip, t), &a| {
+            Some(((ip, a, t.div_ceil(slide)), t))
+        })
+        .reduce_named("IntervalBuckets", |&(_, a, _), input, output| {
+            let threshold = a.max(0) as u64;
+            if let Some(s) = summarise(input.iter().map(|(t, n)| (*t, *n)), threshold) {
+                output.push((s, 1));
+            }
+        })
+        .map(|((ip, a, bucket), summary)| ((ip, a), (bucket, summary)))
+        .reduce_named("IntervalsPerIp", |&(_, a), input, output| {
+            let threshold = a.max(0) as u64;
+            let mut min_gap: Option<u64> = None;
+            let mut below = 0i64;
+            let mut previous_last: Option<u64> = None;
+            for ((_, s), _) in input {
+                let mut gaps = s.min_gap.into_iter().collect::<Vec<_>>();
+                if let Some(prev) = previous_last {
+                    let gap = s.first - prev;
+                    gaps.push(gap);
+                    below += i64::from(gap < threshold);
+                }
+                for g in gaps {
+                    min_gap = Some(min_gap.map_or(g, |m| m.min(g)));
+                }
+                below += s.gaps_below;
+                previous_last = Some(s.last);
+            }
+            output.push(((min_gap.map(|g| g as i64), below), 1));
+        })
+        .map(|((ip, a), (min_ms, less_than))| {
+            (
+                ip,
+                Part::Intervals {
+                    threshold_ms: a,
+                    min_ms,
+                    less_than,
+                },
+            )
+        })
+}
