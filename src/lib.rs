@@ -17,6 +17,7 @@ pub mod engine;
 pub mod event;
 pub mod format;
 pub mod gen;
+pub mod harness;
 pub mod rulecompute;
 pub mod rules;
 pub mod scoring;

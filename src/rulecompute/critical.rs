@@ -5,7 +5,7 @@
 //! `RegexSet` pass. When a rule is added or removed, the pattern list changes, every distinct
 //! request is matched again, and the critical events already in the window follow.
 
-use super::{Coll, CriticalEvent, WinEvent, PARTITIONS};
+use super::{Coll, CriticalEvent, WinRecord, PARTITIONS};
 use differential_dataflow::operators::ThresholdTotal;
 use regex::RegexSet;
 
@@ -36,8 +36,9 @@ impl MatcherCache {
 }
 
 /// Request hashes (in the window) whose request line fully matches a critical-page rule.
+/// `request_lines` are the windowed `(request hash, request line)` of the events.
 pub fn critical_requests<'s>(
-    events: Coll<'s, WinEvent>,
+    request_lines: Coll<'s, (u64, String)>,
     rules: Coll<'s, (i64, String)>,
 ) -> Coll<'s, u64> {
     let pattern_list = rules
@@ -52,8 +53,7 @@ pub fn critical_requests<'s>(
     let mut cache = MatcherCache {
         entries: Vec::new(),
     };
-    events
-        .map(|e| (e.request_hash, e.request))
+    request_lines
         .distinct_total()
         .map(|(h, request)| (h % PARTITIONS, (h, request)))
         .join_core(pattern_list, move |_p, (h, request), list| {
@@ -63,10 +63,11 @@ pub fn critical_requests<'s>(
 
 /// The critical requests of the window, as `(ip, t_ms, cookie hash)`.
 pub fn critical_events<'s>(
-    events: Coll<'s, WinEvent>,
+    events: Coll<'s, WinRecord>,
+    request_lines: Coll<'s, (u64, String)>,
     rules: Coll<'s, (i64, String)>,
 ) -> Coll<'s, CriticalEvent> {
-    let critical = critical_requests(events.clone(), rules);
+    let critical = critical_requests(request_lines, rules);
     events
         .map(|e| (e.request_hash, (e.ip, e.t_ms, e.cookie_hash)))
         .semijoin(critical)

@@ -87,6 +87,31 @@ pub struct WinEvent {
     pub journey_hash: Option<u64>,
 }
 
+/// What the window keeps of a [`WinEvent`]: fixed-size and `Copy`, so the many arrangements
+/// of the window never clone a request line (those go to [`critical`] once, keyed by hash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WinRecord {
+    pub ip: IpAddr,
+    pub t_ms: u64,
+    pub request_hash: u64,
+    pub ua_hash: u64,
+    pub cookie_hash: u64,
+    pub journey_hash: Option<u64>,
+}
+
+impl From<&WinEvent> for WinRecord {
+    fn from(e: &WinEvent) -> Self {
+        WinRecord {
+            ip: e.ip,
+            t_ms: e.t_ms,
+            request_hash: e.request_hash,
+            ua_hash: e.ua_hash,
+            cookie_hash: e.cookie_hash,
+            journey_hash: e.journey_hash,
+        }
+    }
+}
+
 /// Hash value standing for "no JSESSIONID".
 pub const ABSENT: u64 = 0;
 
@@ -124,7 +149,10 @@ pub fn partition_of(ip: &IpAddr) -> u64 {
 }
 
 /// Puts every event in the window: inserted at its tick, retracted `W` later.
-pub fn window<'s>(events: Coll<'s, WinEvent>, spec: WindowSpec) -> Coll<'s, WinEvent> {
+pub fn window<'s, D: differential_dataflow::Data>(
+    events: Coll<'s, D>,
+    spec: WindowSpec,
+) -> Coll<'s, D> {
     let w = spec.length_ms;
     events
         .inner
@@ -221,12 +249,12 @@ fn counts<'s, K: differential_dataflow::ExchangeData + std::hash::Hash>(
 }
 
 /// Indicator 0: requests per IP.
-pub fn requests_per_ip<'s>(events: Coll<'s, WinEvent>) -> Coll<'s, (IpAddr, i64)> {
+pub fn requests_per_ip<'s>(events: Coll<'s, WinRecord>) -> Coll<'s, (IpAddr, i64)> {
     counts(events.map(|e| e.ip))
 }
 
 /// Indicator 2: distinct user agents per IP.
-pub fn user_agents_per_ip<'s>(events: Coll<'s, WinEvent>) -> Coll<'s, (IpAddr, i64)> {
+pub fn user_agents_per_ip<'s>(events: Coll<'s, WinRecord>) -> Coll<'s, (IpAddr, i64)> {
     counts(
         events
             .map(|e| (e.ip, e.ua_hash))
@@ -236,7 +264,7 @@ pub fn user_agents_per_ip<'s>(events: Coll<'s, WinEvent>) -> Coll<'s, (IpAddr, i
 }
 
 /// Indicator 6: distinct journeys per IP.
-pub fn journeys_per_ip<'s>(events: Coll<'s, WinEvent>) -> Coll<'s, (IpAddr, i64)> {
+pub fn journeys_per_ip<'s>(events: Coll<'s, WinRecord>) -> Coll<'s, (IpAddr, i64)> {
     counts(
         events
             .flat_map(|e| e.journey_hash.map(|j| (e.ip, j)))
@@ -247,7 +275,7 @@ pub fn journeys_per_ip<'s>(events: Coll<'s, WinEvent>) -> Coll<'s, (IpAddr, i64)
 
 /// Indicator 7: requests from the /16 of each IP that is in the window.
 pub fn block_requests_per_ip<'s>(
-    events: Coll<'s, WinEvent>,
+    events: Coll<'s, WinRecord>,
     live_ips: Coll<'s, IpAddr>,
 ) -> Coll<'s, (IpAddr, i64)> {
     let per_block = counts(events.map(|e| block_of(&e.ip)));
@@ -321,8 +349,9 @@ pub fn indicators<'s>(
     interval_thresholds: Coll<'s, i64>,
     spec: WindowSpec,
 ) -> Coll<'s, (IpAddr, Indicators)> {
-    let events = window(events, spec);
-    let critical = critical_events(events.clone(), critical_rules);
+    let request_lines = window(events.clone().map(|e| (e.request_hash, e.request)), spec);
+    let events = window(events.map(|e| WinRecord::from(&e)), spec);
+    let critical = critical_events(events.clone(), request_lines, critical_rules);
 
     let requests = requests_per_ip(events.clone());
     let live_ips = requests.clone().map(|(ip, _)| ip);
