@@ -95,6 +95,10 @@ struct Shared {
     leader_time: AtomicU64,
     lines_read: AtomicU64,
     stop: Arc<AtomicBool>,
+    /// (flow, IP) pairs this engine has blacklisted now, for the high-frequency tag (SPEC §3.7).
+    /// Only the sink writes it; the tag of a line reads it, so a decision tags the lines that
+    /// follow it, in every worker of the process.
+    self_blacklisted: std::sync::RwLock<std::collections::HashMap<IpAddr, usize>>,
 }
 
 /// Runs the engine to the end of its input (or until `stop`), and returns the summary.
@@ -129,6 +133,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
         leader_time: AtomicU64::new(0),
         lines_read: AtomicU64::new(0),
         stop,
+        self_blacklisted: Default::default(),
     });
 
     let started = Instant::now();
@@ -289,7 +294,13 @@ impl Ingest<'_> {
     }
 
     /// SPEC §2–§3 for one line; the windowed event (if any) goes into `pipeline`.
-    fn line(&mut self, pipeline: &mut Pipeline, line_no: u64, raw: &[u8]) -> std::io::Result<()> {
+    fn line(
+        &mut self,
+        pipeline: &mut Pipeline,
+        shared: &Shared,
+        line_no: u64,
+        raw: &[u8],
+    ) -> std::io::Result<()> {
         self.counters.lines_read += 1;
         let rec = match parse_line(self.cfg.source.format, raw, &self.limits) {
             Ok(rec) => rec,
@@ -320,7 +331,11 @@ impl Ingest<'_> {
             );
             return self.dead_letter(line_no, "late", &detail, raw);
         }
-        p.high_frq_ip_group = self.ip_matcher.contains(&ip);
+        p.high_frq_ip_group = self.ip_matcher.contains(&ip)
+            || shared
+                .self_blacklisted
+                .read()
+                .is_ok_and(|set| set.contains_key(&ip));
         let line = match self.cfg.output.processed_format {
             ProcessedFormat::Cs => dataprocess::to_cs_line(&p),
             ProcessedFormat::Json => dataprocess::to_json_line(&p),
@@ -394,7 +409,7 @@ fn worker_main(
     let mut source = if reader {
         let shard = if stdin { (0, 1) } else { (index, peers) };
         Some(
-            FileSource::open(&cfg.source.path, cfg.source.follow || live, shard)
+            FileSource::open(&cfg.source.path, cfg.source.follow && live, shard)
                 .with_context(|| format!("{}: cannot open log", cfg.source.path.display()))?,
         )
     } else {
@@ -436,7 +451,7 @@ fn worker_main(
             .lines_read
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         for (line_no, raw) in buf.drain(..) {
-            ingest.line(&mut pipeline, line_no, &raw)?;
+            ingest.line(&mut pipeline, shared, line_no, &raw)?;
         }
 
         // Advance event time: newest tick minus the allowed lateness, on the slide grid.
@@ -571,8 +586,21 @@ fn emit_decisions(
             Action::Add => {
                 counters.decisions_add += 1;
                 blacklisted.insert(d.entry.ip);
+                if let Ok(mut set) = shared.self_blacklisted.write() {
+                    *set.entry(d.entry.ip).or_default() += 1;
+                }
             }
-            Action::Remove => counters.decisions_remove += 1,
+            Action::Remove => {
+                counters.decisions_remove += 1;
+                if let Ok(mut set) = shared.self_blacklisted.write() {
+                    if let Some(n) = set.get_mut(&d.entry.ip) {
+                        *n -= 1;
+                        if *n == 0 {
+                            set.remove(&d.entry.ip);
+                        }
+                    }
+                }
+            }
             Action::Update => continue,
         }
         let json = blacklist::to_json(&d, offset, now_ms());
@@ -592,5 +620,7 @@ fn emit_decisions(
         text.push('\n');
     }
     shared.blacklist.write_all(text.as_bytes())?;
+    // Decisions are rare and someone may be tailing the file: make them visible now.
+    shared.blacklist.flush()?;
     Ok(())
 }
