@@ -105,15 +105,15 @@ struct Shared {
 pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
     let cfg = opts.config.clone();
     cfg.validate()?;
+    // Fail early, naming the file, if the rules do not load or compile.
+    let tables = RuleTables::load_dir(&cfg.rules.dir)?;
+    DataRules::compile(&tables.filter, &tables.classify, &tables.analyze)
+        .with_context(|| format!("{}: rule tables do not compile", cfg.rules.dir.display()))?;
     let out = &cfg.output.dir;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     if cfg.source.kind == SourceKind::Generator && !cfg.source.path.exists() {
         generate_sample(&cfg)?;
     }
-    // Fail early, naming the file, if the rules do not load or compile.
-    let tables = RuleTables::load_dir(&cfg.rules.dir)?;
-    DataRules::compile(&tables.filter, &tables.classify, &tables.analyze)
-        .with_context(|| format!("{}: rule tables do not compile", cfg.rules.dir.display()))?;
 
     let workers = cfg.engine.workers;
     let stdin = cfg.source.path == Path::new("-");

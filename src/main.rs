@@ -82,6 +82,7 @@ fn main() {
                 .unwrap_or_else(|_| "antispider=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Err(e) = real_main() {
         eprintln!("error: {e:#}");

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Replay benchmark of the release binary: lines/s and peak RSS of `antispider replay`.
+#
+#   scripts/bench-replay.sh [LINES] [MINUTES] [FORMAT] [WORKERS...]
+#   scripts/bench-replay.sh 1000000 60 cs 1 2
+#
+# Generates the input once into target/bench-data/ (deterministic, seed 42), then for each
+# worker count runs the replay, and prints one result line per run. It also times the
+# parse-only floor (`antispider gen` is not it: the floor is `wc -l`-like reading plus
+# parsing, measured by `cargo bench --bench stages -- parse`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+LINES=${1:-1000000}
+MINUTES=${2:-60}
+FORMAT=${3:-cs}
+shift $(( $# > 3 ? 3 : $# ))
+WORKERS=("$@")
+[ ${#WORKERS[@]} -eq 0 ] && WORKERS=(1 2)
+
+if [ ! -x /usr/bin/time ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time
+fi
+cargo build --release --quiet
+BIN=target/release/antispider
+DATA=target/bench-data
+mkdir -p "$DATA"
+LOG="$DATA/gen-${LINES}-${MINUTES}m.${FORMAT}.log"
+[ -f "$LOG" ] || "$BIN" gen --lines "$LINES" --minutes "$MINUTES" --format "$FORMAT" -o "$LOG"
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+for w in "${WORKERS[@]}"; do
+  OUT="$DATA/out-$w"
+  /usr/bin/time -v "$BIN" replay "$LOG" --format "$FORMAT" --out "$OUT" -w "$w" --json \
+    > "$DATA/summary-$w.json" 2> "$DATA/time-$w.txt"
+  python3 - "$DATA/summary-$w.json" "$DATA/time-$w.txt" "$LINES" "$MINUTES" "$FORMAT" "$w" <<'PY'
+import json, re, sys
+s = json.load(open(sys.argv[1]))
+t = open(sys.argv[2]).read()
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
+c = s["counters"]
+print(f"lines={sys.argv[3]} minutes={sys.argv[4]} format={sys.argv[5]} workers={sys.argv[6]} "
+      f"elapsed={s['elapsed_secs']:.1f}s lines/s={s['lines_per_sec']:.0f} "
+      f"windowed={c['windowed']} blacklisted_ips={s['ips_blacklisted']} peak_rss={rss/1024:.0f}MiB")
+PY
+done
