@@ -322,12 +322,15 @@ impl Ingest<'_> {
         };
         let spec = self.cfg.window.spec();
         let tick = spec.tick_of(p.time_ms as u64);
-        if tick < pipeline.time() {
+        // The frontier is the newest tick this worker has seen minus the allowed lateness, judged
+        // line by line (not per batch), so lateness does not depend on the batch size.
+        let lateness = self.cfg.window.allowed_lateness_ms;
+        let frontier = (self.max_tick.saturating_sub(lateness) / spec.slide_ms * spec.slide_ms)
+            .max(pipeline.time());
+        if tick < frontier {
             self.counters.late += 1;
             let detail = format!(
-                "event tick {tick} is behind the input frontier {} (allowed lateness {} ms)",
-                pipeline.time(),
-                self.cfg.window.allowed_lateness_ms
+                "event tick {tick} is behind the input frontier {frontier} (allowed lateness {lateness} ms)"
             );
             return self.dead_letter(line_no, "late", &detail, raw);
         }

@@ -32,34 +32,42 @@ fn cs_value(v: &str) -> String {
 /// Escaping: a `#CS` inside a value is written `#cs` and CR/LF as spaces, so the line always
 /// splits into exactly 19 fields.
 pub fn to_cs_line(p: &ProcessedData) -> String {
-    let json = |v: Option<String>| v.unwrap_or_default();
-    let fields: [String; CS_FIELDS] = [
-        String::new(),
-        p.request_method.clone(),
-        p.request.clone(),
-        p.remote_addr.clone(),
-        p.http_user_agent.clone(),
-        p.time_iso8601.clone(),
-        p.server_addr.clone(),
-        p.high_frq_ip_group.to_string(),
-        p.flight_type.name().to_string(),
-        p.behavior_type.name().to_string(),
-        p.travel_type.name().to_string(),
-        p.flight_date.clone(),
-        p.dep_city.clone(),
-        p.arr_city.clone(),
-        p.jsessionid.clone().unwrap_or_default(),
-        p.user_id.clone().unwrap_or_default(),
-        json(p.query.as_ref().and_then(|q| serde_json::to_string(q).ok())),
-        json(p.book.as_ref().and_then(|b| serde_json::to_string(b).ok())),
-        p.http_referer.clone(),
+    let query = p.query.as_ref().and_then(|q| serde_json::to_string(q).ok());
+    let book = p.book.as_ref().and_then(|b| serde_json::to_string(b).ok());
+    let fields: [&str; CS_FIELDS] = [
+        "",
+        &p.request_method,
+        &p.request,
+        &p.remote_addr,
+        &p.http_user_agent,
+        &p.time_iso8601,
+        &p.server_addr,
+        if p.high_frq_ip_group { "true" } else { "false" },
+        p.flight_type.name(),
+        p.behavior_type.name(),
+        p.travel_type.name(),
+        &p.flight_date,
+        &p.dep_city,
+        &p.arr_city,
+        p.jsessionid.as_deref().unwrap_or_default(),
+        p.user_id.as_deref().unwrap_or_default(),
+        query.as_deref().unwrap_or_default(),
+        book.as_deref().unwrap_or_default(),
+        &p.http_referer,
     ];
+    // Written in place: this runs once per output record, so no per-field copies.
     let mut line = String::with_capacity(fields.iter().map(|f| f.len() + 4).sum());
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
             line.push_str("#CS#");
         }
-        line.push_str(&cs_value(f));
+        if f.is_empty() {
+            line.push_str("NULL");
+        } else if f.contains("#CS") || f.contains(['\n', '\r']) {
+            line.push_str(&cs_value(f));
+        } else {
+            line.push_str(f);
+        }
     }
     line
 }
