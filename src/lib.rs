@@ -9,6 +9,7 @@
 //! - [`dataflow`]: assembles the one differential dataflow from the stages above;
 //! - [`source`] and [`sink`]: connectors; [`gen`]: synthetic traffic.
 
+pub mod anomaly;
 pub mod config;
 pub mod dataflow;
 pub mod dataprocess;

@@ -1,0 +1,23 @@
+//! Service anomaly detection (SPEC §6, issue 4).
+//!
+//! - [`sample`]: per-app per-minute service samples, from the access logs (a differential
+//!   aggregate) or posted in the original's `cat_resource` shape; the app-mapping rule table;
+//! - [`normal`]: the normal-sample rule table;
+//! - [`model`]: standardisation, per-app k-means and a random forest (smartcore), model
+//!   versions and per-sample results;
+//! - [`score`]: models as a collection: scoring the live samples in the dataflow, re-scoring
+//!   them when a model version changes;
+//! - [`gen`]: deterministic multi-day service traffic with labelled anomaly episodes.
+
+pub mod gen;
+pub mod model;
+pub mod normal;
+pub mod sample;
+pub mod score;
+
+pub use model::{AnomalyResult, ModelVersion};
+pub use normal::{is_normal, NormalRule};
+pub use sample::{
+    service_samples, AppRule, AppRules, BucketKey, BucketSums, Request, ServiceSample,
+};
+pub use score::{score_samples, ModelKey, ModelStore, ScoredRow};
