@@ -194,9 +194,9 @@ pub fn build(worker: &mut Worker, spec: WindowSpec) -> Pipeline {
             .distinct_total_i64();
         let critical_rules = critical_pages.map(|c| (c.id, c.critical_page_match_expression));
 
-        let indicators = rulecompute::indicators(events, critical_rules, thresholds, spec);
-        let by_ip = indicators.clone().arrange_by_key();
+        let by_ip = rulecompute::indicators(events, critical_rules, thresholds, spec);
         let indicator_trace = by_ip.trace.clone();
+        let indicators = by_ip.clone().as_collection(|ip, ind| (*ip, ind.clone()));
 
         let blacklist_capture: Captured<BlacklistEntry> = Rc::new(RefCell::new(Vec::new()));
         let sink = blacklist_capture.clone();

@@ -242,100 +242,144 @@ pub enum Part {
     IpBlock(i64),
 }
 
-fn counts<'s, K: differential_dataflow::ExchangeData + std::hash::Hash>(
-    keys: Coll<'s, K>,
-) -> Coll<'s, (K, i64)> {
-    keys.count_total().map(|(k, n)| (k, n as i64))
+/// What one shared `count_total` counts: every count indicator, keyed by its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Counted {
+    /// 0: requests of the IP.
+    Requests(IpAddr),
+    /// 1: critical requests of the IP.
+    CriticalPages(IpAddr),
+    /// 2: distinct user agents of the IP.
+    UserAgents(IpAddr),
+    /// 5: distinct JSESSIONIDs on critical requests of the IP.
+    CriticalCookies(IpAddr),
+    /// 6: distinct journeys of the IP.
+    Journeys(IpAddr),
+    /// 7 (before the join with the IPs of the block): requests of the /16.
+    Block(Block),
 }
 
-/// Indicator 0: requests per IP.
-pub fn requests_per_ip<'s>(events: Coll<'s, WinRecord>) -> Coll<'s, (IpAddr, i64)> {
-    counts(events.map(|e| e.ip))
-}
-
-/// Indicator 2: distinct user agents per IP.
-pub fn user_agents_per_ip<'s>(events: Coll<'s, WinRecord>) -> Coll<'s, (IpAddr, i64)> {
-    counts(
-        events
-            .map(|e| (e.ip, e.ua_hash))
-            .distinct_total()
-            .map(|(ip, _)| ip),
-    )
-}
-
-/// Indicator 6: distinct journeys per IP.
-pub fn journeys_per_ip<'s>(events: Coll<'s, WinRecord>) -> Coll<'s, (IpAddr, i64)> {
-    counts(
-        events
-            .flat_map(|e| e.journey_hash.map(|j| (e.ip, j)))
-            .distinct_total()
-            .map(|(ip, _)| ip),
-    )
-}
-
-/// Indicator 7: requests from the /16 of each IP that is in the window.
-pub fn block_requests_per_ip<'s>(
-    events: Coll<'s, WinRecord>,
-    live_ips: Coll<'s, IpAddr>,
-) -> Coll<'s, (IpAddr, i64)> {
-    let per_block = counts(events.map(|e| block_of(&e.ip)));
-    live_ips
-        .map(|ip| (block_of(&ip), ip))
-        .join(per_block)
-        .map(|(_, (ip, n))| (ip, n))
+/// What one shared `distinct_total` makes distinct, before counting per IP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Distinct {
+    UserAgent(IpAddr, u64),
+    CriticalCookie(IpAddr, u64),
+    Journey(IpAddr, u64),
 }
 
 /// A critical request as the critical indicators see it.
 pub type CriticalEvent = (IpAddr, u64 /* t_ms */, u64 /* cookie hash */);
 
-/// Indicator 1: critical-page requests per IP.
-pub fn critical_pages_per_ip<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr, i64)> {
-    counts(critical.map(|(ip, _, _)| ip))
+/// Indicators 0, 1, 2, 5, 6 and 7 for every IP in the window.
+///
+/// All of them are counts, some of distinct values, so they share one `distinct_total` and one
+/// `count_total` (keyed by indicator): the window's updates go through two arrangements here,
+/// not eleven, which is most of the per-event cost of the window.
+pub fn count_indicators<'s>(
+    events: Coll<'s, WinRecord>,
+    critical: Coll<'s, CriticalEvent>,
+) -> Coll<'s, (IpAddr, Part)> {
+    let distinct = events
+        .clone()
+        .flat_map(|e| {
+            let journey = e.journey_hash.map(|j| Distinct::Journey(e.ip, j));
+            std::iter::once(Distinct::UserAgent(e.ip, e.ua_hash)).chain(journey)
+        })
+        .concat(
+            critical
+                .clone()
+                .map(|(ip, _, c)| Distinct::CriticalCookie(ip, c)),
+        )
+        .distinct_total()
+        .map(|d| match d {
+            Distinct::UserAgent(ip, _) => Counted::UserAgents(ip),
+            Distinct::CriticalCookie(ip, _) => Counted::CriticalCookies(ip),
+            Distinct::Journey(ip, _) => Counted::Journeys(ip),
+        });
+    let counts = events
+        .flat_map(|e| [Counted::Requests(e.ip), Counted::Block(block_of(&e.ip))])
+        .concat(critical.map(|(ip, _, _)| Counted::CriticalPages(ip)))
+        .concat(distinct)
+        .count_total()
+        .map(|(k, n)| (k, n as i64));
+
+    // Indicator 7 belongs to every IP of the block that is in the window.
+    let live_ips = counts.clone().flat_map(|(k, _)| match k {
+        Counted::Requests(ip) => Some((block_of(&ip), ip)),
+        _ => None,
+    });
+    let per_block = counts.clone().flat_map(|(k, n)| match k {
+        Counted::Block(b) => Some((b, n)),
+        _ => None,
+    });
+    let block_parts = live_ips
+        .join(per_block)
+        .map(|(_, (ip, n))| (ip, Part::IpBlock(n)));
+
+    counts
+        .flat_map(|(k, n)| match k {
+            Counted::Requests(ip) => Some((ip, Part::Requests(n))),
+            Counted::CriticalPages(ip) => Some((ip, Part::CriticalPages(n))),
+            Counted::UserAgents(ip) => Some((ip, Part::UserAgents(n))),
+            Counted::CriticalCookies(ip) => Some((ip, Part::CriticalCookies(n))),
+            Counted::Journeys(ip) => Some((ip, Part::FlightQueries(n))),
+            Counted::Block(_) => None,
+        })
+        .concat(block_parts)
 }
 
-/// Indicator 5: distinct JSESSIONIDs on critical requests per IP.
-pub fn critical_cookies_per_ip<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr, i64)> {
-    counts(
-        critical
-            .map(|(ip, _, c)| (ip, c))
-            .distinct_total()
-            .map(|(ip, _)| ip),
-    )
-}
+/// The trace type of the indicators, arranged by IP.
+pub type IndicatorSpine =
+    differential_dataflow::trace::implementations::ValSpine<IpAddr, Indicators, Time, isize>;
+/// The indicators of every IP in the window, arranged by IP.
+pub type IndicatorsByIp<'s> = differential_dataflow::operators::arrange::Arranged<
+    's,
+    differential_dataflow::operators::arrange::TraceAgent<IndicatorSpine>,
+>;
 
 /// Gathers the per-indicator collections into one [`Indicators`] record per IP in the window.
 ///
 /// The group of an IP holds at most 7 + (number of interval thresholds) values, so this
-/// reduce is cheap however hot the IP is.
-pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> Coll<'s, (IpAddr, Indicators)> {
-    parts.reduce_named("GatherIndicators", |_ip, input, output| {
-        let mut ind = Indicators::default();
-        for (part, _) in input {
-            match part {
-                Part::Requests(n) => ind.ip = *n,
-                Part::CriticalPages(n) => ind.critical_pages = *n,
-                Part::UserAgents(n) => ind.user_agent = *n,
-                Part::Intervals {
-                    threshold_ms,
-                    min_ms,
-                    less_than,
-                } => {
-                    ind.critical_pages_acc_time = *min_ms;
-                    if *threshold_ms > 0 {
-                        ind.critical_pages_less_than
-                            .push((*threshold_ms, *less_than));
+/// reduce is cheap however hot the IP is. The result stays arranged by IP: scoring's report
+/// join and the final read of the indicators use this arrangement, not a copy of it.
+pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
+    use differential_dataflow::trace::implementations::ValBuilder;
+    let arranged = parts.arrange_by_key_named("Arrange: GatherIndicators");
+    arranged.reduce_abelian::<_, ValBuilder<_, _, _, _>, IndicatorSpine, _, _>(
+        "GatherIndicators",
+        |_ip, input, output| {
+            let mut ind = Indicators::default();
+            for (part, _) in input {
+                match part {
+                    Part::Requests(n) => ind.ip = *n,
+                    Part::CriticalPages(n) => ind.critical_pages = *n,
+                    Part::UserAgents(n) => ind.user_agent = *n,
+                    Part::Intervals {
+                        threshold_ms,
+                        min_ms,
+                        less_than,
+                    } => {
+                        ind.critical_pages_acc_time = *min_ms;
+                        if *threshold_ms > 0 {
+                            ind.critical_pages_less_than
+                                .push((*threshold_ms, *less_than));
+                        }
                     }
+                    Part::CriticalCookies(n) => ind.critical_cookies = *n,
+                    Part::FlightQueries(n) => ind.flight_query = *n,
+                    Part::IpBlock(n) => ind.ip_block = *n,
                 }
-                Part::CriticalCookies(n) => ind.critical_cookies = *n,
-                Part::FlightQueries(n) => ind.flight_query = *n,
-                Part::IpBlock(n) => ind.ip_block = *n,
             }
-        }
-        // An IP is in the window iff it has requests; the other parts follow from those.
-        if ind.ip > 0 {
-            output.push((ind, 1));
-        }
-    })
+            // An IP is in the window iff it has requests; the other parts follow from those.
+            if ind.ip > 0 {
+                output.push((ind, 1));
+            }
+        },
+        |vec, ip: &IpAddr, updates| {
+            vec.clear();
+            vec.extend(updates.drain(..).map(|(v, t, r)| ((*ip, v), t, r)));
+        },
+    )
 }
 
 /// All 8 indicators for every IP in the window.
@@ -348,25 +392,15 @@ pub fn indicators<'s>(
     critical_rules: Coll<'s, (i64, String)>,
     interval_thresholds: Coll<'s, i64>,
     spec: WindowSpec,
-) -> Coll<'s, (IpAddr, Indicators)> {
+) -> IndicatorsByIp<'s> {
     let request_lines = window(events.clone().map(|e| (e.request_hash, e.request)), spec);
     let events = window(events.map(|e| WinRecord::from(&e)), spec);
     let critical = critical_events(events.clone(), request_lines, critical_rules);
 
-    let requests = requests_per_ip(events.clone());
-    let live_ips = requests.clone().map(|(ip, _)| ip);
-
-    let parts = requests
-        .map(|(ip, n)| (ip, Part::Requests(n)))
-        .concat(critical_pages_per_ip(critical.clone()).map(|(ip, n)| (ip, Part::CriticalPages(n))))
-        .concat(user_agents_per_ip(events.clone()).map(|(ip, n)| (ip, Part::UserAgents(n))))
-        .concat(interval_indicators(
-            critical.clone(),
-            interval_thresholds,
-            spec,
-        ))
-        .concat(critical_cookies_per_ip(critical).map(|(ip, n)| (ip, Part::CriticalCookies(n))))
-        .concat(journeys_per_ip(events.clone()).map(|(ip, n)| (ip, Part::FlightQueries(n))))
-        .concat(block_requests_per_ip(events, live_ips).map(|(ip, n)| (ip, Part::IpBlock(n))));
+    let parts = count_indicators(events, critical.clone()).concat(interval_indicators(
+        critical,
+        interval_thresholds,
+        spec,
+    ));
     gather(parts)
 }
