@@ -159,23 +159,13 @@ impl Masker {
         let b = s.as_bytes();
         let mut out: Option<String> = None;
         let mut copied = 0;
-        let mut i = 0;
-        while i < b.len() {
-            if !b[i].is_ascii_digit() {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < b.len() && b[i].is_ascii_digit() {
-                i += 1;
-            }
-            if let Some((ms, me)) = sensitive_in_run(b, start, i) {
+        for (start, end) in digit_runs(b) {
+            if let Some((ms, me)) = sensitive_in_run(b, start, end) {
                 let o = out.get_or_insert_with(|| String::with_capacity(s.len() + 64));
                 // ms/me are at ASCII positions, hence char boundaries.
                 o.push_str(&s[copied..ms]);
                 o.push_str(&self.hash(&s[ms..me]));
                 copied = me;
-                i = me;
             }
         }
         match out {
@@ -237,24 +227,28 @@ fn classify_run(b: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
     }
 }
 
-/// True when `s` still contains a sensitive number (used by tests and assertions).
-pub fn contains_sensitive(s: &str) -> bool {
-    let b = s.as_bytes();
+/// The maximal runs of ASCII digits in `b`, as `(start, end)` byte ranges.
+fn digit_runs(b: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut i = 0;
-    while i < b.len() {
-        if !b[i].is_ascii_digit() {
+    std::iter::from_fn(move || {
+        while i < b.len() && !b[i].is_ascii_digit() {
             i += 1;
-            continue;
+        }
+        if i >= b.len() {
+            return None;
         }
         let start = i;
         while i < b.len() && b[i].is_ascii_digit() {
             i += 1;
         }
-        if sensitive_in_run(b, start, i).is_some() {
-            return true;
-        }
-    }
-    false
+        Some((start, i))
+    })
+}
+
+/// True when `s` still contains a sensitive number (used by tests and assertions).
+pub fn contains_sensitive(s: &str) -> bool {
+    let b = s.as_bytes();
+    digit_runs(b).any(|(start, end)| sensitive_in_run(b, start, end).is_some())
 }
 
 #[cfg(test)]
