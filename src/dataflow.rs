@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::TraceReader;
@@ -135,7 +136,7 @@ impl Pipeline {
         self.rules.for_each(|s| s.flush_now());
     }
 
-    /// Whether the dataflow has finished every time `< t`... i.e. is not done with `t - 1`.
+    /// Whether the dataflow has finished every time `<= t`.
     pub fn done_through(&self, t: Time) -> bool {
         !self.probe.less_equal(&t)
     }
@@ -161,6 +162,16 @@ impl Pipeline {
             }
         }
         out
+    }
+
+    /// Takes the captured blacklist updates whose time the dataflow has completed.
+    pub fn drain_blacklist(&self) -> Vec<(BlacklistEntry, Time, isize)> {
+        let mut captured = self.blacklist.borrow_mut();
+        let (done, pending): (Vec<_>, Vec<_>) = captured
+            .drain(..)
+            .partition(|(_, t, _)| !self.probe.less_equal(t));
+        *captured = pending;
+        done
     }
 
     /// Drops the dataflow without running its future (e.g. window expirations after a replay).
@@ -191,7 +202,7 @@ pub fn build(worker: &mut Worker, spec: WindowSpec) -> Pipeline {
         let flow_rules = scoring::flow_rules(processes, strategies, rules, maintenance);
         let thresholds = scoring::interval_thresholds(flow_rules.clone())
             .concat(zero_threshold)
-            .distinct_total_i64();
+            .distinct_total();
         let critical_rules = critical_pages.map(|c| (c.id, c.critical_page_match_expression));
 
         let by_ip = rulecompute::indicators(events, critical_rules, thresholds, spec);
@@ -228,28 +239,4 @@ pub fn build(worker: &mut Worker, spec: WindowSpec) -> Pipeline {
             dataflow_id,
         }
     })
-}
-
-/// `distinct_total` for the threshold collection (kept as a named step for readability).
-trait DistinctI64<'s> {
-    fn distinct_total_i64(self) -> rulecompute::Coll<'s, i64>;
-}
-
-impl<'s> DistinctI64<'s> for rulecompute::Coll<'s, i64> {
-    fn distinct_total_i64(self) -> rulecompute::Coll<'s, i64> {
-        use differential_dataflow::operators::ThresholdTotal;
-        self.distinct_total()
-    }
-}
-
-impl Pipeline {
-    /// Takes the captured blacklist updates whose time the dataflow has completed.
-    pub fn drain_blacklist(&self) -> Vec<(BlacklistEntry, Time, isize)> {
-        let mut captured = self.blacklist.borrow_mut();
-        let (done, pending): (Vec<_>, Vec<_>) = captured
-            .drain(..)
-            .partition(|(_, t, _)| !self.probe.less_equal(t));
-        *captured = pending;
-        done
-    }
 }

@@ -164,11 +164,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
     if let Some(p) = progress {
         p.finish_and_clear();
     }
-    write_indicators(
-        &shared.indicators_path,
-        indicators,
-        opts.config.output.utc_offset_minutes,
-    )?;
+    write_indicators(&shared.indicators_path, indicators)?;
     for f in [
         &shared.blacklist,
         &shared.processed_query,
@@ -232,11 +228,7 @@ fn progress_bar(shared: Arc<Shared>) -> indicatif::ProgressBar {
     bar
 }
 
-fn write_indicators(
-    path: &Path,
-    mut rows: Vec<(IpAddr, Indicators)>,
-    _utc_offset: i32,
-) -> anyhow::Result<()> {
+fn write_indicators(path: &Path, mut rows: Vec<(IpAddr, Indicators)>) -> anyhow::Result<()> {
     rows.sort();
     let f = SharedFile::create(path)?;
     let mut out = Batched::new(f);

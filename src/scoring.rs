@@ -129,7 +129,8 @@ pub fn flow_rules<'s>(
     )
 }
 
-/// The distinct indicator-4 intervals (ms) in force, plus 0 (which carries indicator 3).
+/// The indicator-4 intervals (ms) of the running flows' rule 4 (the dataflow adds 0, which
+/// carries indicator 3, and makes them distinct).
 pub fn interval_thresholds<'s>(flow_rules: Coll<'s, FlowRule>) -> Coll<'s, i64> {
     flow_rules
         .filter(|r| r.kind == Some(4))

@@ -197,6 +197,25 @@ pub struct ModelVersion {
 }
 
 impl ModelVersion {
+    /// The version record of a model trained at `trained_at` on `training`.
+    fn of_training(
+        appid: &str,
+        version: u64,
+        trained_at: i64,
+        algorithm: Algorithm,
+        training: &[&ServiceSample],
+    ) -> ModelVersion {
+        ModelVersion {
+            appid: appid.to_string(),
+            version,
+            trained_at,
+            algorithm,
+            train_from: training.iter().map(|s| s.time_ms).min().unwrap_or(0),
+            train_to: training.iter().map(|s| s.time_ms).max().unwrap_or(0) + 1,
+            n_train: training.len(),
+        }
+    }
+
     fn key(&self) -> (u64, i64) {
         (self.version, self.trained_at)
     }
@@ -339,15 +358,13 @@ impl KMeansModel {
             .map(|(s, n)| s.into_iter().map(|v| v / n as f64).collect())
             .collect();
         let mut model = KMeansModel {
-            version: ModelVersion {
-                appid: appid.to_string(),
+            version: ModelVersion::of_training(
+                appid,
                 version,
                 trained_at,
-                algorithm: Algorithm::KMeans,
-                train_from: training.iter().map(|s| s.time_ms).min().unwrap_or(0),
-                train_to: training.iter().map(|s| s.time_ms).max().unwrap_or(0) + 1,
-                n_train: training.len(),
-            },
+                Algorithm::KMeans,
+                training,
+            ),
             features: cfg.features.clone(),
             scaler,
             centroids,
@@ -493,15 +510,13 @@ impl ForestModel {
             }
         }
         Ok(ForestModel {
-            version: ModelVersion {
-                appid: appid.to_string(),
+            version: ModelVersion::of_training(
+                appid,
                 version,
                 trained_at,
-                algorithm: Algorithm::RandomForest,
-                train_from: training.iter().map(|s| s.time_ms).min().unwrap_or(0),
-                train_to: training.iter().map(|s| s.time_ms).max().unwrap_or(0) + 1,
-                n_train: training.len(),
-            },
+                Algorithm::RandomForest,
+                training,
+            ),
             features: cfg.features.clone(),
             scaler,
             threshold: cfg.threshold,
