@@ -57,15 +57,21 @@ ensure_apt() {
   have "$cmd" || die "installed $* but $cmd is still not on the PATH"
 }
 
-# ensure_cargo_bin BINARY CRATE VERSION: `cargo install --locked` into a cache directory that
-# survives between runs (ANTISPIDER_TOOLS_DIR), unless BINARY is already on the PATH.
+# ensure_cargo_bin BINARY CRATE VERSION [CARGO INSTALL ARGS...]: `cargo install --locked` into a
+# cache directory that survives between runs (ANTISPIDER_TOOLS_DIR), unless BINARY is already on
+# the PATH.
 TOOLS_DIR=${ANTISPIDER_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/antispider-tools}
+export ANTISPIDER_TOOLS_DIR=$TOOLS_DIR
 export PATH="$TOOLS_DIR/bin:$PATH"
 ensure_cargo_bin() {
-  local bin=$1 crate=$2 version=$3
+  local bin=$1 crate=$2 version=$3; shift 3
   have "$bin" && return 0
-  say "installing $crate $version into $TOOLS_DIR"
-  cargo install --locked --root "$TOOLS_DIR" --version "$version" "$crate"
+  say "installing $crate $version into $TOOLS_DIR (once; later runs reuse it)"
+  # Its own target directory, removed afterwards: only the binary is kept.
+  local build
+  build=$(mktemp -d)
+  cargo install --locked --root "$TOOLS_DIR" --target-dir "$build" --version "$version" "$@" "$crate"
+  rm -rf "$build"
 }
 
 # ensure_component COMPONENT CARGO_SUBCOMMAND: a rustup component such as rustfmt or clippy.
@@ -83,10 +89,15 @@ ensure_tools() {
     ensure_component rustfmt fmt
     ensure_component clippy clippy
   fi
-  # Services for the connector tests go here as they arrive, e.g.
-  #   ensure_apt redis-server redis-server
-  #   ensure_apt mariadbd mariadb-server
-  # and cached tools with ensure_cargo_bin BINARY CRATE VERSION.
+  # Servers for the connector tests (tests/support starts private instances on 127.0.0.1).
+  # mariadbd lives in /usr/sbin, which is not on every user's PATH.
+  case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
+  ensure_apt redis-server redis-server
+  ensure_apt mariadbd mariadb-server
+  ensure_apt mariadb mariadb-client
+  # The Kafka-protocol broker for tests/connectors_kafka.rs: Tansu with in-memory storage
+  # (the `dynostore` feature). The build takes 15-60 min on 2 cores, once.
+  ensure_cargo_bin tansu tansu 0.6.0 --features dynostore
 
   # The peer and sample-line tests read the shared reference material beside the repository.
   if [ ! -d ../shared/reference ]; then

@@ -105,6 +105,8 @@ pub struct Pipeline {
     pub rules: RuleInputs,
     pub probe: ProbeHandle<Time>,
     pub blacklist: Captured<BlacklistEntry>,
+    /// Service anomalies (SPEC §6): sample parts and model keys in, see `anomaly::wire`.
+    pub service: crate::anomaly::wire::ServiceInputs,
     indicators: IndicatorTrace,
     dataflow_id: usize,
 }
@@ -122,6 +124,7 @@ impl Pipeline {
         }
         self.events.advance_to(t);
         self.rules.for_each(|s| s.advance(t));
+        self.service.advance_to(t);
         self.flush();
         // Nothing reads the indicator trace before the input time, so it may compact.
         let frontier = [t.saturating_sub(1)];
@@ -134,6 +137,13 @@ impl Pipeline {
     pub fn flush(&mut self) {
         self.events.flush();
         self.rules.for_each(|s| s.flush_now());
+        self.service.flush();
+    }
+
+    /// The earliest time the dataflow has not finished (every time before it is done).
+    pub fn completed(&self) -> Time {
+        self.probe
+            .with_frontier(|f| f.iter().next().copied().unwrap_or(Time::MAX))
     }
 
     /// Whether the dataflow has finished every time `<= t`.
@@ -182,8 +192,17 @@ impl Pipeline {
     }
 }
 
-/// Builds the dataflow on this worker.
+/// Builds the dataflow on this worker (with service anomalies fed by nobody).
 pub fn build(worker: &mut Worker, spec: WindowSpec) -> Pipeline {
+    build_with(worker, spec, Default::default())
+}
+
+/// Builds the dataflow on this worker; `service` is shared by the workers of the process.
+pub fn build_with(
+    worker: &mut Worker,
+    spec: WindowSpec,
+    service: crate::anomaly::wire::ServiceShared,
+) -> Pipeline {
     let dataflow_id = worker.next_dataflow_index();
     worker.dataflow::<Time, _, _>(|scope| {
         let (events_in, events) = scope.new_collection::<WinEvent, isize>();
@@ -224,6 +243,16 @@ pub fn build(worker: &mut Worker, spec: WindowSpec) -> Pipeline {
             .inspect(move |update| sink.borrow_mut().push(update.clone()))
             .probe();
 
+        let (parts_in, parts) = scope.new_collection();
+        let (models_in, models) = scope.new_collection();
+        crate::anomaly::wire::build(
+            parts,
+            models,
+            service.store.clone(),
+            &service.captures,
+            &probe,
+        );
+
         Pipeline {
             events: events_in,
             rules: RuleInputs {
@@ -235,6 +264,12 @@ pub fn build(worker: &mut Worker, spec: WindowSpec) -> Pipeline {
             },
             probe,
             blacklist: blacklist_capture,
+            service: crate::anomaly::wire::ServiceInputs::new(
+                parts_in,
+                models_in,
+                service.captures,
+                service.store,
+            ),
             indicators: indicator_trace,
             dataflow_id,
         }

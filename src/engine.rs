@@ -25,7 +25,9 @@ use crate::rulecompute::{stable_hash, Indicators, Time, WinEvent, ABSENT};
 use crate::rules::{IpMatcher, RuleTables, RuleWatcher};
 use crate::sink::blacklist::{self, Action};
 use crate::sink::files::{Batched, SharedFile};
-use crate::source::{FileSource, LineSource, Poll, RawLine};
+use crate::sink::kafka::{KafkaSink, Topic};
+use crate::source::kafka::Position;
+use crate::source::{FileSource, KafkaSource, LineSource, Poll, RawLine};
 
 /// Counts of what happened to the input, summed over workers.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -41,6 +43,11 @@ pub struct Counters {
     pub windowed: u64,
     pub decisions_add: u64,
     pub decisions_remove: u64,
+    /// Lines re-read after a restart to rebuild the window (their outputs were written before).
+    pub replayed: u64,
+    /// Decisions recomputed while rebuilding the window (written before the restart).
+    pub decisions_replayed: u64,
+    pub kafka_commits: u64,
 }
 
 impl Counters {
@@ -56,6 +63,9 @@ impl Counters {
         self.windowed += o.windowed;
         self.decisions_add += o.decisions_add;
         self.decisions_remove += o.decisions_remove;
+        self.replayed += o.replayed;
+        self.decisions_replayed += o.decisions_replayed;
+        self.kafka_commits += o.kafka_commits;
     }
 }
 
@@ -91,18 +101,65 @@ struct Shared {
     readers: usize,
     readers_done: AtomicUsize,
     max_tick: AtomicU64,
-    /// The input time of worker 0, mirrored by workers that read nothing (stdin).
-    leader_time: AtomicU64,
+    /// The newest input time of any worker, followed by workers that have nothing to read
+    /// (stdin is read by worker 0; Kafka may have fewer partitions than workers).
+    max_time: AtomicU64,
     lines_read: AtomicU64,
     stop: Arc<AtomicBool>,
     /// (flow, IP) pairs this engine has blacklisted now, for the high-frequency tag (SPEC §3.7).
     /// Only the sink writes it; the tag of a line reads it, so a decision tags the lines that
     /// follow it, in every worker of the process.
     self_blacklisted: std::sync::RwLock<std::collections::HashMap<IpAddr, usize>>,
+    kafka: Option<KafkaSink>,
+    /// Workers still re-reading input an earlier run processed; their decisions are not
+    /// written again.
+    replaying_workers: AtomicUsize,
+    /// The lowest input time at which a worker finished re-reading (decisions before it were
+    /// written by the earlier run); `u64::MAX` when no worker re-read anything.
+    resume_tick: AtomicU64,
+    /// Per worker: every decision before this tick is written.
+    written_below: Vec<AtomicU64>,
+    /// Service anomalies: results and inboxes shared with the API, models and captures.
+    anomaly: Arc<crate::anomaly::AnomalyHub>,
+    service: crate::anomaly::wire::ServiceShared,
+}
+
+impl Shared {
+    /// Every worker has written its decisions before this tick.
+    fn all_written_below(&self) -> Time {
+        self.written_below
+            .iter()
+            .map(|w| w.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Decisions at `tick` were already written by the run before a restart.
+    fn already_written(&self, tick: Time) -> bool {
+        if self.replaying_workers.load(Ordering::Acquire) > 0 {
+            return true;
+        }
+        let resume = self.resume_tick.load(Ordering::Acquire);
+        resume != u64::MAX && tick < resume
+    }
 }
 
 /// Runs the engine to the end of its input (or until `stop`), and returns the summary.
 pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
+    run_with(opts, stop, Default::default())
+}
+
+/// [`run`], sharing the service-anomaly results and inboxes with `anomaly` (the HTTP API).
+pub fn run_with(
+    opts: RunOptions,
+    stop: Arc<AtomicBool>,
+    anomaly: Arc<crate::anomaly::AnomalyHub>,
+) -> anyhow::Result<Summary> {
+    let mut opts = opts;
+    if opts.config.source.kind == SourceKind::Kafka && opts.config.kafka.stop_at_end {
+        // A bounded backfill: the end of the partitions is the end of the input.
+        opts.live = false;
+    }
     let cfg = opts.config.clone();
     cfg.validate()?;
     // Fail early, naming the file, if the rules do not load or compile.
@@ -127,13 +184,27 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
         processed_book: SharedFile::create(&out.join(format!("processed_book.{ext}")))?,
         deadletter: SharedFile::create(&out.join("deadletter.jsonl"))?,
         indicators_path: out.join("indicators.jsonl"),
-        readers: if stdin { 1 } else { workers },
+        readers: if stdin && cfg.source.kind != SourceKind::Kafka {
+            1
+        } else {
+            workers
+        },
         readers_done: AtomicUsize::new(0),
         max_tick: AtomicU64::new(0),
-        leader_time: AtomicU64::new(0),
+        max_time: AtomicU64::new(0),
         lines_read: AtomicU64::new(0),
         stop,
         self_blacklisted: Default::default(),
+        kafka: if cfg.kafka.produces() {
+            Some(KafkaSink::new(&cfg.kafka)?)
+        } else {
+            None
+        },
+        replaying_workers: AtomicUsize::new(workers),
+        resume_tick: AtomicU64::new(u64::MAX),
+        written_below: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+        anomaly,
+        service: Default::default(),
     });
 
     let started = Instant::now();
@@ -172,6 +243,18 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
         &shared.deadletter,
     ] {
         f.flush()?;
+    }
+    if let Some(k) = &shared.kafka {
+        while !k.flush(Duration::from_secs(5)) {
+            tracing::warn!(
+                "kafka: {} messages not delivered yet; waiting for the broker",
+                k.pending()
+            );
+            if shared.stop.load(Ordering::Relaxed) && k.pending() > 0 {
+                tracing::error!("kafka: stopping with {} undelivered messages", k.pending());
+                break;
+            }
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Summary {
@@ -270,93 +353,129 @@ struct Ingest<'a> {
     processed_query: Batched,
     processed_book: Batched,
     deadletter: Batched,
+    kafka: Option<&'a KafkaSink>,
+    /// Newest tick among the lines re-read after a restart.
+    replay_max_tick: Time,
 }
 
 impl Ingest<'_> {
-    fn dead_letter(
-        &mut self,
-        line_no: u64,
-        reason: &str,
-        detail: &str,
-        raw: &[u8],
-    ) -> std::io::Result<()> {
+    fn dead_letter(&mut self, raw: &RawLine, reason: &str, detail: &str) -> std::io::Result<()> {
+        if raw.replay {
+            return Ok(());
+        }
         self.counters.dead_lettered += 1;
-        let d = DeadLetter::new(line_no, reason, detail, raw, &self.masker);
-        self.deadletter.line(&d.to_json_line())
+        let d = DeadLetter::new(raw.no, reason, detail, &raw.bytes, &self.masker);
+        let line = d.to_json_line();
+        if let Some(k) = &self.kafka {
+            k.send(Topic::DeadLetter, reason, line.as_bytes());
+        }
+        self.deadletter.line(&line)
     }
 
-    /// SPEC §2–§3 for one line; the windowed event (if any) goes into `pipeline`.
+    /// SPEC §2–§3 for one line; the windowed event (if any) goes into `pipeline`. Returns the
+    /// event time of a line that parsed.
     fn line(
         &mut self,
         pipeline: &mut Pipeline,
         shared: &Shared,
-        line_no: u64,
-        raw: &[u8],
-    ) -> std::io::Result<()> {
+        raw: &RawLine,
+    ) -> std::io::Result<Option<u64>> {
         self.counters.lines_read += 1;
-        let rec = match parse_line(self.cfg.source.format, raw, &self.limits) {
+        if raw.replay {
+            self.counters.replayed += 1;
+        }
+        let rec = match parse_line(raw.format, &raw.bytes, &self.limits) {
             Ok(rec) => rec,
-            Err(e) => return self.dead_letter(line_no, e.kind.as_str(), &e.detail, raw),
+            Err(e) => {
+                return self
+                    .dead_letter(raw, e.kind.as_str(), &e.detail)
+                    .map(|_| None)
+            }
         };
         self.counters.parsed += 1;
         if rec.time_ms < 0 {
-            return self.dead_letter(line_no, "bad_time", "event time before 1970", raw);
+            return self
+                .dead_letter(raw, "bad_time", "event time before 1970")
+                .map(|_| None);
         }
+        pipeline.service.request(&rec);
+        let t_ms = rec.time_ms as u64;
         let mut p = match dataprocess::process(&self.rules, &self.masker, &self.cookies, rec) {
             Outcome::Filtered => {
                 self.counters.filtered += 1;
-                return Ok(());
+                return Ok(Some(t_ms));
             }
             Outcome::Processed(p) => p,
         };
         let Ok(ip) = p.remote_addr.parse::<IpAddr>() else {
-            return self.dead_letter(line_no, "bad_remote_addr", "remote_addr is not an IP", raw);
+            self.dead_letter(raw, "bad_remote_addr", "remote_addr is not an IP")?;
+            return Ok(Some(t_ms));
         };
         let spec = self.cfg.window.spec();
-        let tick = spec.tick_of(p.time_ms as u64);
+        let tick = spec.tick_of(t_ms);
         // The frontier is the newest tick this worker has seen minus the allowed lateness, judged
         // line by line (not per batch), so lateness does not depend on the batch size.
         let lateness = self.cfg.window.allowed_lateness_ms;
         let frontier = (self.max_tick.saturating_sub(lateness) / spec.slide_ms * spec.slide_ms)
             .max(pipeline.time());
         if tick < frontier {
-            self.counters.late += 1;
+            if !raw.replay {
+                self.counters.late += 1;
+            }
             let detail = format!(
                 "event tick {tick} is behind the input frontier {frontier} (allowed lateness {lateness} ms)"
             );
-            return self.dead_letter(line_no, "late", &detail, raw);
+            self.dead_letter(raw, "late", &detail)?;
+            return Ok(Some(t_ms));
         }
         p.high_frq_ip_group = self.ip_matcher.contains(&ip)
             || shared
                 .self_blacklisted
                 .read()
                 .is_ok_and(|set| set.contains_key(&ip));
-        let line = match self.cfg.output.processed_format {
-            ProcessedFormat::Cs => dataprocess::to_cs_line(&p),
-            ProcessedFormat::Json => dataprocess::to_json_line(&p),
-        };
         let windowed = match p.behavior_type {
-            BehaviorType::Query => {
-                self.counters.processed_query += 1;
-                self.processed_query.line(&line)?;
-                true
-            }
-            BehaviorType::Book => {
-                self.counters.processed_book += 1;
-                self.processed_book.line(&line)?;
-                self.cfg.window.input == WindowInput::All
-            }
-            BehaviorType::Other => {
-                self.counters.processed_other += 1;
-                self.cfg.window.input == WindowInput::All
-            }
+            BehaviorType::Query => true,
+            BehaviorType::Book => self.cfg.window.input == WindowInput::All,
+            BehaviorType::Other => self.cfg.window.input == WindowInput::All,
         };
+        if !raw.replay {
+            self.write_processed(&p)?;
+        }
         if windowed {
             self.counters.windowed += 1;
             self.max_tick = self.max_tick.max(tick);
+            if raw.replay {
+                self.replay_max_tick = self.replay_max_tick.max(tick);
+            }
             pipeline.events.update_at(win_event(ip, p), tick, 1);
         }
-        Ok(())
+        Ok(Some(t_ms))
+    }
+
+    /// The `processedQuery` / `processedBook` outputs (SPEC §3.8); Other is not sent.
+    fn write_processed(&mut self, p: &ProcessedData) -> std::io::Result<()> {
+        let (file, topic) = match p.behavior_type {
+            BehaviorType::Query => {
+                self.counters.processed_query += 1;
+                (&mut self.processed_query, Topic::ProcessedQuery)
+            }
+            BehaviorType::Book => {
+                self.counters.processed_book += 1;
+                (&mut self.processed_book, Topic::ProcessedBook)
+            }
+            BehaviorType::Other => {
+                self.counters.processed_other += 1;
+                return Ok(());
+            }
+        };
+        let line = match self.cfg.output.processed_format {
+            ProcessedFormat::Cs => dataprocess::to_cs_line(p),
+            ProcessedFormat::Json => dataprocess::to_json_line(p),
+        };
+        if let Some(k) = &self.kafka {
+            k.send(topic, &p.remote_addr, line.as_bytes());
+        }
+        file.line(&line)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -390,26 +509,49 @@ fn worker_main(
     let index = worker.index();
     let peers = worker.peers();
     let spec = cfg.window.spec();
-    let mut pipeline = dataflow::build(worker, spec);
+    let mut pipeline = dataflow::build_with(worker, spec, shared.service.clone());
 
     let mut tables = RuleTables::load_dir(&cfg.rules.dir)?;
     if index == 0 {
         pipeline.rules.apply(&RuleTables::default(), &tables);
     }
+    let mut anomaly = crate::anomaly::AnomalyDriver::new(
+        cfg,
+        &tables,
+        shared.anomaly.clone(),
+        index == 0,
+        live,
+        &mut pipeline,
+    )?;
     let mut watcher = cfg.rules.watch.then(|| RuleWatcher::new(&cfg.rules.dir));
     let mut last_watch = Instant::now();
 
-    let stdin = cfg.source.path == Path::new("-");
+    let stdin = cfg.source.kind != SourceKind::Kafka && cfg.source.path == Path::new("-");
     let reader = !stdin || index == 0;
-    let mut source = if reader {
-        let shard = if stdin { (0, 1) } else { (index, peers) };
-        Some(
-            FileSource::open(&cfg.source.path, cfg.source.follow && live, shard)
-                .with_context(|| format!("{}: cannot open log", cfg.source.path.display()))?,
-        )
-    } else {
+    let mut source = if !reader || cfg.source.path.as_os_str().is_empty() {
+        // An empty path: no log (service samples only).
         None
+    } else if cfg.source.kind == SourceKind::Kafka {
+        let lookback = cfg.window.length_ms + cfg.window.allowed_lateness_ms + cfg.window.slide_ms;
+        Some(Source::Kafka(KafkaSource::open(
+            &cfg.kafka, index, peers, lookback,
+        )?))
+    } else {
+        let shard = if stdin { (0, 1) } else { (index, peers) };
+        Some(Source::File(
+            FileSource::open(
+                &cfg.source.path,
+                cfg.source.format,
+                cfg.source.follow && live,
+                shard,
+            )
+            .with_context(|| format!("{}: cannot open log", cfg.source.path.display()))?,
+        ))
     };
+    let mut replaying = true;
+    // Offsets read (and the input time then), waiting for their outputs to be written.
+    let mut to_commit: std::collections::VecDeque<(Position, Time)> = Default::default();
+    let mut last_commit = Instant::now();
 
     let mut ingest = Ingest {
         cfg,
@@ -428,6 +570,8 @@ fn worker_main(
         processed_query: Batched::new(shared.processed_query.clone()),
         processed_book: Batched::new(shared.processed_book.clone()),
         deadletter: Batched::new(shared.deadletter.clone()),
+        kafka: shared.kafka.as_ref(),
+        replay_max_tick: 0,
     };
     let mut blacklisted = BTreeSet::new();
     let lateness = cfg.window.allowed_lateness_ms;
@@ -445,10 +589,14 @@ fn worker_main(
         shared
             .lines_read
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        for (line_no, raw) in buf.drain(..) {
-            ingest.line(&mut pipeline, shared, line_no, &raw)?;
+        for raw in buf.drain(..) {
+            let t_ms = ingest.line(&mut pipeline, shared, &raw)?;
+            if let (Some(Source::Kafka(k)), Some(t)) = (source.as_mut(), t_ms) {
+                k.note_event_time(&raw, t);
+            }
         }
 
+        anomaly.step(&mut pipeline, &mut ingest.max_tick, status == Poll::Eof)?;
         // Advance event time: newest tick minus the allowed lateness, on the slide grid.
         let mut target = ingest.max_tick.saturating_sub(lateness) / slide * slide;
         if status == Poll::Data {
@@ -459,12 +607,25 @@ fn worker_main(
                 target = target.max(by_clock.saturating_sub(lateness) / slide * slide);
             }
         }
-        if !reader {
-            target = shared.leader_time.load(Ordering::Acquire);
+        if !reader || done_reading || (ingest.max_tick == 0 && status != Poll::Data) {
+            target = target.max(shared.max_time.load(Ordering::Acquire));
         }
         pipeline.advance_to(target);
-        if index == 0 {
-            shared.leader_time.store(pipeline.time(), Ordering::Release);
+        shared.max_time.fetch_max(pipeline.time(), Ordering::AcqRel);
+        if replaying && !source.as_ref().is_some_and(Source::replaying) {
+            // Done re-reading what an earlier run processed: decisions from here on are new.
+            replaying = false;
+            if ingest.counters.replayed > 0 {
+                // The input frontier the earlier run had when it committed what was re-read:
+                // it wrote every decision before it (see commit_offsets).
+                let resume = ingest.replay_max_tick.saturating_sub(lateness);
+                shared.resume_tick.fetch_min(resume, Ordering::AcqRel);
+                tracing::info!(
+                    "worker {index}: window rebuilt from {} re-read lines; resuming at tick {resume}",
+                    ingest.counters.replayed,
+                );
+            }
+            shared.replaying_workers.fetch_sub(1, Ordering::AcqRel);
         }
 
         worker.step();
@@ -473,6 +634,7 @@ fn worker_main(
         while pipeline.probe.less_than(&lag_limit) {
             worker.step();
         }
+        let written_below = pipeline.completed();
         emit_decisions(
             &pipeline,
             cfg,
@@ -481,6 +643,12 @@ fn worker_main(
             &mut blacklisted,
             None,
         )?;
+        shared.written_below[index].fetch_max(written_below, Ordering::AcqRel);
+        if let Some(Source::Kafka(k)) = source.as_mut() {
+            if !replaying {
+                commit_offsets(k, &mut ingest, shared, &mut to_commit, &mut last_commit)?;
+            }
+        }
 
         if let Some(w) = watcher.as_mut() {
             if last_watch.elapsed() >= Duration::from_millis(cfg.rules.watch_interval_ms) {
@@ -498,6 +666,7 @@ fn worker_main(
                             }
                             ingest.rules = rules;
                             ingest.ip_matcher = IpMatcher::new(&new.ip_blacklist);
+                            anomaly.rules_changed(&new, &mut pipeline);
                             tables = new;
                         }
                         Err(e) => {
@@ -513,7 +682,7 @@ fn worker_main(
         }
 
         let stopping = shared.stop.load(Ordering::Relaxed);
-        if reader && !done_reading && (status == Poll::Eof || stopping) {
+        if reader && !done_reading && ((status == Poll::Eof && anomaly.input_done()) || stopping) {
             done_reading = true;
             shared.max_tick.fetch_max(ingest.max_tick, Ordering::AcqRel);
             shared.readers_done.fetch_add(1, Ordering::AcqRel);
@@ -522,7 +691,11 @@ fn worker_main(
         if shared.readers_done.load(Ordering::Acquire) >= shared.readers {
             break;
         }
-        if status == Poll::Idle || (!reader) || done_reading {
+        if status == Poll::Idle
+            || (!reader)
+            || done_reading
+            || (status == Poll::Eof && anomaly.idle())
+        {
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
     }
@@ -544,6 +717,19 @@ fn worker_main(
     )?;
     let indicators = pipeline.indicators_at(final_tick);
     ingest.flush()?;
+    if let Some(Source::Kafka(k)) = source.as_mut() {
+        // Everything read is processed and its decisions are written (after the flush in run,
+        // which happens after this; flush here so the final commit is safe).
+        if shared
+            .kafka
+            .as_ref()
+            .is_none_or(|s| s.flush(Duration::from_secs(30)))
+        {
+            k.commit(&k.position(), final_tick + 1);
+            ingest.counters.kafka_commits += 1;
+        }
+    }
+    anomaly.finish(&pipeline, final_tick)?;
     pipeline.shutdown(worker);
     Ok(WorkerResult {
         counters: ingest.counters,
@@ -551,6 +737,68 @@ fn worker_main(
         indicators,
         final_tick: (final_tick > 0).then_some(final_tick),
     })
+}
+
+/// The input of one worker.
+enum Source {
+    File(FileSource),
+    Kafka(KafkaSource),
+}
+
+impl Source {
+    fn poll(&mut self, buf: &mut Vec<RawLine>, max: usize) -> std::io::Result<Poll> {
+        match self {
+            Source::File(f) => f.poll(buf, max),
+            Source::Kafka(k) => k.poll(buf, max),
+        }
+    }
+
+    fn replaying(&self) -> bool {
+        matches!(self, Source::Kafka(k) if k.replaying())
+    }
+}
+
+/// At-least-once (SPEC §7): commits the newest read position whose outputs are all written:
+/// its processed lines and dead letters are flushed and delivered, and every worker has written
+/// the decisions before the input time it was read at.
+fn commit_offsets(
+    source: &mut KafkaSource,
+    ingest: &mut Ingest,
+    shared: &Shared,
+    to_commit: &mut std::collections::VecDeque<(Position, Time)>,
+    last_commit: &mut Instant,
+) -> anyhow::Result<()> {
+    let interval = Duration::from_millis(ingest.cfg.kafka.commit_interval_ms);
+    if last_commit.elapsed() < interval {
+        return Ok(());
+    }
+    *last_commit = Instant::now();
+    to_commit.push_back((source.position(), ingest.max_tick));
+    let written = shared.all_written_below();
+    let mut ready = None;
+    while to_commit.front().is_some_and(|(_, t)| {
+        let frontier = t.saturating_sub(ingest.cfg.window.allowed_lateness_ms);
+        frontier <= written
+    }) {
+        ready = to_commit.pop_front();
+    }
+    let Some((pos, t)) = ready else {
+        return Ok(());
+    };
+    ingest.flush()?;
+    if let Some(k) = &shared.kafka {
+        if !k.flush(Duration::from_secs(5)) {
+            // The broker is away: keep the position for the next try.
+            to_commit.push_front((pos, t));
+            return Ok(());
+        }
+    }
+    source.commit(
+        &pos,
+        t.saturating_sub(ingest.cfg.window.allowed_lateness_ms),
+    );
+    ingest.counters.kafka_commits += 1;
+    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -579,14 +827,12 @@ fn emit_decisions(
     for d in blacklist::decisions(updates) {
         match d.action {
             Action::Add => {
-                counters.decisions_add += 1;
                 blacklisted.insert(d.entry.ip);
                 if let Ok(mut set) = shared.self_blacklisted.write() {
                     *set.entry(d.entry.ip).or_default() += 1;
                 }
             }
             Action::Remove => {
-                counters.decisions_remove += 1;
                 if let Ok(mut set) = shared.self_blacklisted.write() {
                     if let Some(n) = set.get_mut(&d.entry.ip) {
                         *n -= 1;
@@ -597,6 +843,15 @@ fn emit_decisions(
                 }
             }
             Action::Update => continue,
+        }
+        if shared.already_written(d.tick) {
+            // Recomputed while rebuilding the window after a restart: written back then.
+            counters.decisions_replayed += 1;
+            continue;
+        }
+        match d.action {
+            Action::Add => counters.decisions_add += 1,
+            _ => counters.decisions_remove += 1,
         }
         let json = blacklist::to_json(&d, offset, now_ms());
         if cfg.output.print_decisions {
@@ -611,8 +866,15 @@ fn emit_decisions(
                 json["event_time"].as_str().unwrap_or_default(),
             );
         }
-        text.push_str(&json.to_string());
+        let line = json.to_string();
+        if let Some(k) = &shared.kafka {
+            k.send(Topic::Blacklist, &d.entry.ip.to_string(), line.as_bytes());
+        }
+        text.push_str(&line);
         text.push('\n');
+    }
+    if text.is_empty() {
+        return Ok(());
     }
     shared.blacklist.write_all(text.as_bytes())?;
     // Decisions are rare and someone may be tailing the file: make them visible now.

@@ -10,6 +10,7 @@
 //! - [`source`] and [`sink`]: connectors; [`gen`]: synthetic traffic.
 
 pub mod anomaly;
+pub mod api;
 pub mod config;
 pub mod dataflow;
 pub mod dataprocess;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use antispider::anomaly::AnomalyHub;
 use antispider::config::{Config, SourceKind};
 use antispider::engine::{self, RunOptions, Summary};
 use antispider::format::LogFormat;
@@ -44,7 +45,18 @@ enum Command {
     },
     /// Replay a log in event time as fast as possible and write the results to OUT/.
     Replay {
-        file: PathBuf,
+        /// The log (`-` = stdin); optional with --service-samples.
+        file: Option<PathBuf>,
+        /// Service samples (cat_resource JSON lines, by time) replayed with the log.
+        #[arg(long, value_name = "FILE")]
+        service_samples: Option<PathBuf>,
+        /// Operator feedback for the anomaly models (JSON lines: id, anomalous, at).
+        #[arg(long, value_name = "FILE")]
+        feedback: Option<PathBuf>,
+        /// Serve the HTTP API on ADDR (e.g. 127.0.0.1:8080); it keeps answering after the
+        /// replay until Ctrl-C.
+        #[arg(long, value_name = "ADDR")]
+        api: Option<String>,
         #[arg(long, value_enum, default_value = "cs")]
         format: LogFormat,
         #[arg(long, default_value = "rules")]
@@ -60,6 +72,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a log file (or stdin) to a Kafka topic, one message per line.
+    Produce {
+        /// Log file, `-` for stdin.
+        file: PathBuf,
+        #[arg(
+            long,
+            env = "ANTISPIDER__KAFKA__BROKERS",
+            default_value = "127.0.0.1:9092"
+        )]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        /// Create the topic with this many partitions if it does not exist.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// Lines per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
     /// Write deterministic synthetic traffic and its ground truth (ip,label,kind).
     Gen {
         #[arg(long, default_value_t = 200_000)]
@@ -71,9 +102,23 @@ enum Command {
         /// Simulated duration in minutes.
         #[arg(long, default_value_t = 60)]
         minutes: i64,
-        /// Log output file.
+        /// Log output file (optional with --service).
         #[arg(long, short = 'o')]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Also write service samples (cat_resource JSON lines) with labelled anomaly episodes
+        /// to this file, the episodes to FILE.episodes.csv, simulated operator feedback to
+        /// FILE.feedback.jsonl.
+        #[arg(long, value_name = "FILE")]
+        service: Option<PathBuf>,
+        /// Simulated days of service samples.
+        #[arg(long, default_value_t = 3)]
+        days: usize,
+        /// Apps (services) of the service samples.
+        #[arg(long, default_value_t = 3)]
+        apps: usize,
+        /// Anomaly episodes of each kind per app per day.
+        #[arg(long, default_value_t = 2)]
+        episodes_per_kind: usize,
         /// Ground-truth CSV (default: OUT with extension .truth.csv).
         #[arg(long)]
         truth: Option<PathBuf>,
@@ -134,18 +179,31 @@ fn real_main() -> anyhow::Result<()> {
                     cfg.rules.dir.display()
                 );
             }
-            let summary = engine::run(
+            let hub = Arc::new(AnomalyHub::default());
+            let _api = if cfg.api.enabled {
+                let listen = cfg.api.listen.clone();
+                Some(start_api(&listen, &hub, &cfg)?)
+            } else {
+                None
+            };
+            let offset = cfg.output.utc_offset_minutes;
+            let summary = engine::run_with(
                 RunOptions {
                     config: cfg,
                     live,
                     progress: false,
                 },
                 stop_flag(),
+                hub.clone(),
             )?;
             print_summary(&summary, false);
+            print_service_summary(&hub, offset);
         }
         Command::Replay {
             file,
+            service_samples,
+            feedback,
+            api,
             format,
             rules,
             out,
@@ -155,10 +213,20 @@ fn real_main() -> anyhow::Result<()> {
         } => {
             let mut cfg = match config {
                 Some(p) => Config::load(&p)?,
-                None => Config::default(),
+                None => Config::from_env()?,
             };
             cfg.source.kind = SourceKind::File;
-            cfg.source.path = file;
+            if file.is_none() && service_samples.is_none() {
+                anyhow::bail!("replay needs a log FILE, --service-samples FILE, or both");
+            }
+            // No log: an empty path (service samples only).
+            cfg.source.path = file.unwrap_or_default();
+            if service_samples.is_some() {
+                cfg.anomaly.samples_file = service_samples;
+            }
+            if feedback.is_some() {
+                cfg.anomaly.feedback_file = feedback;
+            }
             cfg.source.format = format;
             cfg.source.follow = false;
             cfg.rules.dir = rules;
@@ -166,15 +234,58 @@ fn real_main() -> anyhow::Result<()> {
             cfg.output.dir = out;
             cfg.engine.workers = workers;
             let progress = std::io::stderr().is_terminal();
-            let summary = engine::run(
+            let hub = Arc::new(AnomalyHub::default());
+            let api = match api {
+                Some(addr) => Some(start_api(&addr, &hub, &cfg)?),
+                None => None,
+            };
+            let offset = cfg.output.utc_offset_minutes;
+            let stop = stop_flag();
+            let summary = engine::run_with(
                 RunOptions {
                     config: cfg,
                     live: false,
                     progress,
                 },
-                stop_flag(),
+                stop.clone(),
+                hub.clone(),
             )?;
             print_summary(&summary, json);
+            print_service_summary(&hub, offset);
+            if let Some(api) = api {
+                eprintln!(
+                    "antispider: replay done; the API keeps answering on http://{} until Ctrl-C",
+                    api.addr
+                );
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                api.shutdown();
+            }
+        }
+        Command::Produce {
+            file,
+            brokers,
+            topic,
+            partitions,
+            rate,
+        } => {
+            use antispider::sink::kafka::{create_topic, produce_lines};
+            let kafka = antispider::config::KafkaConfig {
+                brokers,
+                ..Default::default()
+            };
+            create_topic(&kafka, &topic, partitions)?;
+            let input: Box<dyn std::io::BufRead> = if file == std::path::Path::new("-") {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&file)
+                        .with_context(|| format!("{}: cannot open", file.display()))?,
+                ))
+            };
+            let n = produce_lines(&kafka, &topic, partitions, input, rate)?;
+            eprintln!("sent {n} lines to {topic} ({partitions} partitions)");
         }
         Command::Gen {
             lines,
@@ -183,7 +294,39 @@ fn real_main() -> anyhow::Result<()> {
             minutes,
             out,
             truth,
+            service,
+            days,
+            apps,
+            episodes_per_kind,
         } => {
+            if let Some(path) = &service {
+                let traffic = antispider::anomaly::gen::generate(
+                    &antispider::anomaly::gen::ServiceGenOptions {
+                        seed,
+                        apps,
+                        days,
+                        episodes_per_kind,
+                        ..Default::default()
+                    },
+                );
+                let (episodes, feedback) = traffic.write_files(path)?;
+                eprintln!(
+                    "wrote {} service samples ({} apps, {} days) to {}, {} anomaly episodes to {}, operator feedback to {}",
+                    traffic.samples.len(),
+                    apps,
+                    days,
+                    path.display(),
+                    traffic.episodes.len(),
+                    episodes.display(),
+                    feedback.display()
+                );
+            }
+            let Some(out) = out else {
+                if service.is_none() {
+                    anyhow::bail!("gen needs -o FILE (a log), --service FILE, or both");
+                }
+                return Ok(());
+            };
             let opts = antispider::gen::GenOptions {
                 lines,
                 format,
@@ -212,6 +355,32 @@ fn real_main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts the HTTP API on `listen` over the anomaly results of `hub`.
+fn start_api(
+    listen: &str,
+    hub: &Arc<AnomalyHub>,
+    cfg: &Config,
+) -> anyhow::Result<antispider::api::ApiHandle> {
+    let handle = antispider::api::start(
+        listen,
+        antispider::api::ApiState {
+            anomaly: hub.clone(),
+            utc_offset_minutes: cfg.output.utc_offset_minutes,
+        },
+    )?;
+    eprintln!("antispider: API on http://{}", handle.addr);
+    Ok(handle)
+}
+
+/// The per-app service anomaly summary (stderr), when there were service samples.
+fn print_service_summary(hub: &AnomalyHub, utc_offset_minutes: i32) {
+    if let Some(s) = hub.summary.lock().ok().and_then(|s| s.clone()) {
+        if s.samples_in > 0 {
+            eprint!("{}", s.render(utc_offset_minutes));
+        }
+    }
 }
 
 fn print_summary(s: &Summary, json: bool) {

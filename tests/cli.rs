@@ -123,7 +123,10 @@ fn copy_rules(to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(default_rules()).unwrap() {
         let p = entry.unwrap().path();
-        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        // The rule tables are the .toml files; rules/mysql/ holds the schema.
+        if p.is_file() {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
     }
 }
 

@@ -118,6 +118,52 @@ impl ServiceTraffic {
         Ok(())
     }
 
+    /// Writes simulated operator feedback as JSON lines: every sample of every episode marked
+    /// anomalous, known (`at`) `delay_ms` after its episode ended.
+    pub fn write_feedback_jsonl(
+        &self,
+        mut w: impl std::io::Write,
+        delay_ms: i64,
+    ) -> std::io::Result<()> {
+        for s in &self.samples {
+            if let Some(e) = self.episode_of(s) {
+                let line = serde_json::json!({
+                    "id": s.id,
+                    "anomalous": true,
+                    "at": e.end_ms + delay_ms,
+                });
+                writeln!(w, "{line}")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the samples to `path`, the episodes to `path` with extension `episodes.csv` and
+    /// the feedback (30 minutes after each episode) to `feedback.jsonl`; returns those paths.
+    pub fn write_files(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        use std::io::Write;
+        let create = |p: &std::path::Path| {
+            std::fs::File::create(p)
+                .map(std::io::BufWriter::new)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        let episodes = path.with_extension("episodes.csv");
+        let feedback = path.with_extension("feedback.jsonl");
+        let mut w = create(path)?;
+        self.write_samples_jsonl(&mut w)?;
+        w.flush()?;
+        let mut w = create(&episodes)?;
+        self.write_episodes_csv(&mut w)?;
+        w.flush()?;
+        let mut w = create(&feedback)?;
+        self.write_feedback_jsonl(&mut w, 30 * 60_000)?;
+        w.flush()?;
+        Ok((episodes, feedback))
+    }
+
     /// Writes the episodes as CSV: `appid,kind,start_ms,end_ms,magnitude`.
     pub fn write_episodes_csv(&self, mut w: impl std::io::Write) -> std::io::Result<()> {
         writeln!(w, "appid,kind,start_ms,end_ms,magnitude")?;

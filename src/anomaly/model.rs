@@ -599,6 +599,7 @@ impl ForestModel {
 /// When models are retrained: daily at `minute_of_day` (local, `utc_offset_minutes` from UTC);
 /// 00:01 by default. On-demand retraining simply trains and installs a model at any time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetrainSchedule {
     pub minute_of_day: i64,
     #[serde(default)]

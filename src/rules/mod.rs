@@ -5,6 +5,7 @@
 //! diffs into the dataflow's rule input collections (a changed row = retraction + insertion).
 
 pub mod load;
+pub mod mysql;
 pub mod tables;
 pub use tables::*;
 
@@ -23,8 +24,11 @@ pub const PROCESS_INFO: &str = "nh_process_info.toml";
 pub const STRATEGY: &str = "nh_strategy.toml";
 pub const RULE: &str = "nh_rule.toml";
 pub const MAINTENANCE: &str = "nh_rules_maintenance_table.toml";
+/// Service anomalies (SPEC §6): which requests belong to which app, and the normal-sample rule.
+pub const SERVICE_APP: &str = "service_app_rule.toml";
+pub const SERVICE_NORMAL: &str = "service_normal_rule.toml";
 
-pub const ALL_FILES: [&str; 9] = [
+pub const ALL_FILES: [&str; 11] = [
     FILTER,
     CLASSIFY,
     ANALYZE,
@@ -34,6 +38,8 @@ pub const ALL_FILES: [&str; 9] = [
     STRATEGY,
     RULE,
     MAINTENANCE,
+    SERVICE_APP,
+    SERVICE_NORMAL,
 ];
 
 /// One snapshot of every rule table.
@@ -48,6 +54,8 @@ pub struct RuleTables {
     pub strategy: Vec<Strategy>,
     pub rule: Vec<Rule>,
     pub maintenance: Vec<RuleMaintenance>,
+    pub service_app: Vec<crate::anomaly::AppRule>,
+    pub service_normal: Vec<crate::anomaly::NormalRule>,
 }
 
 impl RuleTables {
@@ -65,6 +73,8 @@ impl RuleTables {
             strategy: load::load_table(&f(STRATEGY))?,
             rule: load::load_table(&f(RULE))?,
             maintenance: load::load_table(&f(MAINTENANCE))?,
+            service_app: load::load_table(&f(SERVICE_APP))?,
+            service_normal: load::load_table(&f(SERVICE_NORMAL))?,
         };
         tables.validate(dir)?;
         Ok(tables)
@@ -98,6 +108,20 @@ impl RuleTables {
                     r.ip_name
                 )
             })?;
+        }
+        crate::anomaly::AppRules::new(self.service_app.clone())
+            .map_err(|e| anyhow!("{}: {e}", dir.join(SERVICE_APP).display()))?;
+        for r in &self.service_normal {
+            if [r.response_time_max, r.fail_rate_max]
+                .iter()
+                .any(|v| v.is_nan() || *v <= 0.0)
+            {
+                return Err(anyhow!(
+                    "{}: row id = {}: response_time_max and fail_rate_max must be positive",
+                    dir.join(SERVICE_NORMAL).display(),
+                    r.id
+                ));
+            }
         }
         for r in &self.rule {
             if !(1..=10).contains(&r.score) {
@@ -241,6 +265,24 @@ mod tests {
         assert_eq!(t.rule.len(), 8);
         assert!(t.process_info.iter().any(|p| p.status == 0));
         assert!(!t.critical_pages.is_empty());
+        let apps = crate::anomaly::AppRules::new(t.service_app.clone()).unwrap();
+        let req = |line: &str| apps.app_of("10.0.0.1", "b2c.csair.com", line);
+        assert_eq!(
+            req("POST /B2C40/query/jaxb/direct/query.ao HTTP/1.1"),
+            Some("2001")
+        );
+        assert_eq!(
+            req("POST /B2C40/bookingnew/order/create.ao HTTP/1.1"),
+            Some("2002")
+        );
+        assert_eq!(
+            req("GET /B2C40/dist/main/css/flight.css HTTP/1.1"),
+            Some("2000")
+        );
+        assert_eq!(apps.app_of("", "", "GET /x HTTP/1.1"), Some("2000"));
+        let normal = crate::anomaly::normal::rule_for(&t.service_normal, "2001");
+        assert_eq!(normal.response_time_max, 1.2);
+        assert_eq!(normal.fail_rate_max, 0.2);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::{LineSource, Poll, RawLine};
+use crate::format::LogFormat;
 
 /// Longest line kept whole; longer lines are cut here and dead-lettered as oversize.
 const MAX_KEEP: usize = 1 << 20;
@@ -21,11 +22,17 @@ pub struct FileSource {
     offset: u64,
     shard: (u64, u64),
     partial: Vec<u8>,
+    format: LogFormat,
 }
 
 impl FileSource {
     /// Opens `path` (`-` = stdin). `shard = (index, peers)` selects this worker's lines.
-    pub fn open(path: &Path, follow: bool, shard: (usize, usize)) -> std::io::Result<FileSource> {
+    pub fn open(
+        path: &Path,
+        format: LogFormat,
+        follow: bool,
+        shard: (usize, usize),
+    ) -> std::io::Result<FileSource> {
         let (reader, path): (Box<dyn Read + Send>, Option<PathBuf>) = if path == Path::new("-") {
             (Box::new(std::io::stdin()), None)
         } else {
@@ -39,6 +46,7 @@ impl FileSource {
             offset: 0,
             shard: (shard.0 as u64, shard.1.max(1) as u64),
             partial: Vec::new(),
+            format,
         })
     }
 
@@ -56,6 +64,18 @@ impl FileSource {
             self.partial.clear();
         }
         Ok(())
+    }
+}
+
+impl FileSource {
+    fn raw(&self, bytes: Vec<u8>) -> RawLine {
+        RawLine {
+            no: self.line_no,
+            bytes,
+            format: self.format,
+            replay: false,
+            slot: 0,
+        }
     }
 }
 
@@ -78,7 +98,7 @@ impl LineSource for FileSource {
                 if !line.is_empty() {
                     self.line_no += 1;
                     if self.line_no % self.shard.1 == self.shard.0 {
-                        buf.push((self.line_no, line));
+                        buf.push(self.raw(line));
                         got += 1;
                     }
                 }
@@ -97,7 +117,7 @@ impl LineSource for FileSource {
             }
             self.line_no += 1;
             if self.line_no % self.shard.1 == self.shard.0 {
-                buf.push((self.line_no, line));
+                buf.push(self.raw(line));
                 got += 1;
             }
         }
@@ -115,13 +135,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.log");
         std::fs::write(&p, "l1\nl2\nl3\nl4").unwrap();
-        let mut s = FileSource::open(&p, false, (1, 2)).unwrap();
+        let mut s = FileSource::open(&p, LogFormat::Cs, false, (1, 2)).unwrap();
         let mut buf = Vec::new();
         assert_eq!(s.poll(&mut buf, 100).unwrap(), Poll::Data);
-        let nums: Vec<u64> = buf.iter().map(|(n, _)| *n).collect();
+        let nums: Vec<u64> = buf.iter().map(|l| l.no).collect();
         assert_eq!(nums, vec![1, 3]);
 
-        let mut f = FileSource::open(&p, true, (0, 1)).unwrap();
+        let mut f = FileSource::open(&p, LogFormat::Cs, true, (0, 1)).unwrap();
         let mut buf = Vec::new();
         f.poll(&mut buf, 100).unwrap();
         assert_eq!(buf.len(), 3, "the unterminated tail waits for its newline");
@@ -130,7 +150,7 @@ mod tests {
         w.write_all(b"-end\nl5\n").unwrap();
         buf.clear();
         assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Data);
-        assert_eq!(buf[0].1, b"l4-end\n");
+        assert_eq!(buf[0].bytes, b"l4-end\n");
         assert_eq!(buf.len(), 2);
     }
 }

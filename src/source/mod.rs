@@ -1,12 +1,26 @@
-//! Sources of log lines. A source hands out raw lines (bytes) with their line numbers; the
-//! engine parses them. Kafka (a later connector) implements the same [`LineSource`] trait.
+//! Sources of log lines. A source hands out raw lines (bytes) with where they came from; the
+//! engine parses them. `file` reads a file or stdin, `kafka` a consumer's share of partitions.
 
 pub mod file;
+pub mod kafka;
 
 pub use file::FileSource;
+pub use kafka::KafkaSource;
 
-/// One raw line and where it came from (1-based line number within the source).
-pub type RawLine = (u64, Vec<u8>);
+use crate::format::LogFormat;
+
+/// One raw line and where it came from.
+#[derive(Clone, Debug)]
+pub struct RawLine {
+    /// 1-based line number in a file; the offset in a Kafka partition.
+    pub no: u64,
+    pub bytes: Vec<u8>,
+    pub format: LogFormat,
+    /// Re-read after a restart to rebuild the window: its outputs were already written.
+    pub replay: bool,
+    /// Which of the source's partitions it came from (0 for files).
+    pub slot: u32,
+}
 
 /// What a poll of a source produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,355 @@
+//! The HTTP API (SPEC §7), loopback by default: health and the service-anomaly endpoints
+//! (SPEC §6), compatible with the original's `cat_resource` / `cat_result` JSON.
+//!
+//! axum runs on its own thread with a single-threaded tokio runtime; handlers only touch the
+//! shared [`AnomalyHub`] (a result store fed by the dataflow's captured results, and inboxes the
+//! leader worker drains), so the timely workers never wait for HTTP.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `GET /health` | | `{"status":"ok","completed_ms":…,"results":…}` |
+//! | `POST /api_v1/nt_app/cat_resource` | `{"appid","response_time","request_count","fail_count"[,"create_time"]}` | `{"id"}` |
+//! | `POST /api_v1/nt_spark/cat_result` | `{"appid","start_time","end_time","algorithm_name"}` | per-sample results |
+//! | `POST /api_v1/nt_spark/feedback` | `{"id"` or `"appid","time"`, `"anomalous"` or `"label"}` | `{"id","anomalous","retrain"}` |
+//! | `POST /api_v1/nt_spark/retrain` | `{["appid"],["algorithm_name"]}` | `{"queued"}` |
+//! | `GET /api_v1/nt_spark/models` | | the model versions in force |
+//!
+//! Errors are HTTP 400 (422 never) with `{"detail": "...", "error": 1}`.
+//!
+//! To add endpoints (blacklist, explain, rules), extend [`ApiState`] and [`router`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::anomaly::hub::{FeedbackItem, RetrainRequest};
+use crate::anomaly::model::Algorithm;
+use crate::anomaly::{AnomalyHub, ServiceSample};
+use crate::format::time::format_iso8601;
+
+/// The `[api]` section of a pipeline config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the API (`antispider replay --api ADDR` turns it on for a replay).
+    pub enabled: bool,
+    /// Address to listen on; loopback by default.
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: false,
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub anomaly: Arc<AnomalyHub>,
+    /// UTC offset (minutes) for rendered times.
+    pub utc_offset_minutes: i32,
+}
+
+/// A running API server.
+pub struct ApiHandle {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiHandle {
+    /// Stops the server and waits for its thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ApiHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Binds `listen` (errors name the address) and serves [`router`] on a new thread.
+pub fn start(listen: &str, state: ApiState) -> anyhow::Result<ApiHandle> {
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| anyhow::anyhow!("api: cannot listen on {listen}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state);
+    let thread = std::thread::Builder::new()
+        .name("antispider-api".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("api: cannot start the runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("api: {e}");
+                        return;
+                    }
+                };
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = rx.await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!("api: {e}");
+                }
+            });
+        })?;
+    tracing::info!("api: listening on http://{addr}");
+    Ok(ApiHandle {
+        addr,
+        shutdown: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+/// The routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api_v1/nt_app/cat_resource", post(cat_resource))
+        .route("/api_v1/nt_spark/cat_result", post(cat_result))
+        .route("/api_v1/nt_spark/feedback", post(feedback))
+        .route("/api_v1/nt_spark/retrain", post(retrain))
+        .route("/api_v1/nt_spark/models", get(models))
+        .with_state(state)
+}
+
+/// A 400 with the original's error shape (but a real error status).
+struct ApiError(String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"detail": self.0, "error": 1})),
+        )
+            .into_response()
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Default::default());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError("the body must be a JSON object".into())),
+        Err(e) => Err(ApiError(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+/// An integer given as a JSON number or a string of digits.
+fn int_field(m: &serde_json::Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| ApiError(format!("`{name}` must be an integer"))),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError(format!("`{name}` must be an integer, not `{s}`"))),
+        Some(_) => Err(ApiError(format!("`{name}` must be an integer"))),
+    }
+}
+
+fn appid_field(m: &serde_json::Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match m.get("appid") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+        Some(_) => Err(ApiError("`appid` must be an integer or a string".into())),
+    }
+}
+
+fn algorithm_field(m: &serde_json::Map<String, Value>) -> Result<Option<Algorithm>, ApiError> {
+    match m.get("algorithm_name") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Algorithm::parse(s).map(Some).ok_or_else(|| {
+            ApiError(format!(
+                "algorithm_name `{s}` does not exist: use \"kmeans\" or \"random_forest\""
+            ))
+        }),
+        Some(_) => Err(ApiError(
+            "algorithm_name must be \"kmeans\" or \"random_forest\"".into(),
+        )),
+    }
+}
+
+async fn health(State(s): State<ApiState>) -> Json<Value> {
+    let results = s.anomaly.store.read().map(|st| st.len()).unwrap_or(0);
+    let completed = s
+        .anomaly
+        .completed_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Json(json!({"status": "ok", "completed_ms": completed, "results": results}))
+}
+
+async fn cat_resource(State(s): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let m = parse_body(&body)?;
+    let missing: Vec<&str> = ["appid", "response_time", "request_count", "fail_count"]
+        .into_iter()
+        .filter(|k| m.get(*k).is_none_or(Value::is_null))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError(format!(
+            "missing required parameter(s): {}",
+            missing.join(", ")
+        )));
+    }
+    let mut sample: ServiceSample = serde_json::from_value(Value::Object(m.clone()))
+        .map_err(|e| ApiError(format!("bad sample: {e}")))?;
+    if m.get("create_time").is_none() && m.get("time_ms").is_none() {
+        sample.time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+    }
+    let sample = sample.normalize().map_err(ApiError)?;
+    let id = sample.id.clone();
+    let time_ms = sample.time_ms;
+    s.anomaly.post_sample(sample);
+    Ok(Json(json!({"id": id, "time_ms": time_ms})))
+}
+
+async fn cat_result(State(s): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let m = parse_body(&body)?;
+    let appid = appid_field(&m)?;
+    let start = int_field(&m, "start_time")?;
+    let end = int_field(&m, "end_time")?;
+    let algorithm = algorithm_field(&m)?;
+    let mut missing = Vec::new();
+    for (name, present) in [
+        ("appid", appid.is_some()),
+        ("start_time", start.is_some()),
+        ("end_time", end.is_some()),
+        ("algorithm_name", algorithm.is_some()),
+    ] {
+        if !present {
+            missing.push(name);
+        }
+    }
+    let (Some(appid), Some(start), Some(end), Some(algorithm)) = (appid, start, end, algorithm)
+    else {
+        return Err(ApiError(format!(
+            "missing required parameter(s): {}",
+            missing.join(", ")
+        )));
+    };
+    if start > end {
+        return Err(ApiError(format!(
+            "start_time ({start}) is after end_time ({end})"
+        )));
+    }
+    let rows = s.anomaly.query(&appid, algorithm, start, end);
+    let result_data: Vec<Value> = rows
+        .iter()
+        .map(|r| match algorithm {
+            Algorithm::KMeans => json!(r.result.cluster),
+            Algorithm::RandomForest => json!(r.result.anomaly as u8),
+        })
+        .collect();
+    let anomalies = rows.iter().filter(|r| r.result.anomaly).count();
+    let model = s
+        .anomaly
+        .models
+        .read()
+        .ok()
+        .and_then(|m| m.get(&(appid.clone(), algorithm)).cloned());
+    let results: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "time".into(),
+                    format_iso8601(r.result.time_ms, s.utc_offset_minutes).into(),
+                );
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({
+        "appid": appid,
+        "algorithm_name": algorithm.name(),
+        "start_time": start,
+        "end_time": end,
+        "count": rows.len(),
+        "anomalies": anomalies,
+        "model": model,
+        "result_data": result_data,
+        "results": results,
+    })))
+}
+
+async fn feedback(State(s): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let m = parse_body(&body)?;
+    let item: FeedbackItem = serde_json::from_value(Value::Object(m))
+        .map_err(|e| ApiError(format!("bad feedback: {e}")))?;
+    let (id, anomalous) = item.resolve().map_err(ApiError)?;
+    if !id.contains(':') {
+        return Err(ApiError(format!(
+            "sample id `{id}` is not of the form appid:minute-ms"
+        )));
+    }
+    s.anomaly.post_feedback(id.clone(), anomalous);
+    Ok(Json(
+        json!({"id": id, "anomalous": anomalous, "retrain": "random_forest"}),
+    ))
+}
+
+async fn retrain(State(s): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let m = parse_body(&body)?;
+    let r = RetrainRequest {
+        appid: appid_field(&m)?,
+        algorithm: algorithm_field(&m)?,
+    };
+    s.anomaly.request_retrain(r.clone());
+    Ok(Json(json!({"queued": r})))
+}
+
+async fn models(State(s): State<ApiState>) -> Json<Value> {
+    let list: Vec<Value> = s
+        .anomaly
+        .models
+        .read()
+        .map(|m| m.values().map(|v| json!(v)).collect())
+        .unwrap_or_default();
+    Json(json!({ "models": list }))
+}
