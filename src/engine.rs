@@ -22,10 +22,13 @@ use crate::deadletter::DeadLetter;
 use crate::event::{BehaviorType, ProcessedData};
 use crate::format::{parse_line, ParseLimits};
 use crate::rulecompute::{stable_hash, Indicators, Time, WinEvent, ABSENT};
-use crate::rules::{IpMatcher, RuleTables, RuleWatcher};
+use crate::rules::feed::RuleFeed;
+use crate::rules::{IpMatcher, RuleTables};
 use crate::sink::blacklist::{self, Action};
 use crate::sink::files::{Batched, SharedFile};
 use crate::sink::kafka::{KafkaSink, Topic};
+use crate::sink::mysql::MysqlBlacklistSink;
+use crate::sink::redis::{blacklist_value, RedisSink};
 use crate::source::kafka::Position;
 use crate::source::{FileSource, KafkaSource, LineSource, Poll, RawLine};
 
@@ -111,6 +114,12 @@ struct Shared {
     /// follow it, in every worker of the process.
     self_blacklisted: std::sync::RwLock<std::collections::HashMap<IpAddr, usize>>,
     kafka: Option<KafkaSink>,
+    /// The live rule tables (directory or MySQL), polled by worker 0.
+    rules: RuleFeed,
+    /// `CSANTI_ANTI_BLACK<ip>:<flowId>` keys (SPEC §5) and their backup.
+    redis: Option<RedisSink>,
+    /// Blacklisted IPs into `nh_ip_blacklist`, once.
+    mysql: Option<MysqlBlacklistSink>,
     /// Workers still re-reading input an earlier run processed; their decisions are not
     /// written again.
     replaying_workers: AtomicUsize,
@@ -162,10 +171,11 @@ pub fn run_with(
     }
     let cfg = opts.config.clone();
     cfg.validate()?;
-    // Fail early, naming the file, if the rules do not load or compile.
-    let tables = RuleTables::load_dir(&cfg.rules.dir)?;
+    // Fail early, naming the source, if the rules do not load or compile.
+    let rules = RuleFeed::start(&cfg)?;
+    let (_, tables) = rules.current();
     DataRules::compile(&tables.filter, &tables.classify, &tables.analyze)
-        .with_context(|| format!("{}: rule tables do not compile", cfg.rules.dir.display()))?;
+        .with_context(|| format!("{}: rule tables do not compile", rules.name))?;
     let out = &cfg.output.dir;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     if cfg.source.kind == SourceKind::Generator && !cfg.source.path.exists() {
@@ -195,6 +205,17 @@ pub fn run_with(
         lines_read: AtomicU64::new(0),
         stop,
         self_blacklisted: Default::default(),
+        rules,
+        redis: if cfg.redis.enabled {
+            Some(RedisSink::start(&cfg.redis)?)
+        } else {
+            None
+        },
+        mysql: if cfg.mysql.blacklist {
+            Some(MysqlBlacklistSink::start(&cfg.mysql)?)
+        } else {
+            None
+        },
         kafka: if cfg.kafka.produces() {
             Some(KafkaSink::new(&cfg.kafka)?)
         } else {
@@ -243,6 +264,18 @@ pub fn run_with(
         &shared.deadletter,
     ] {
         f.flush()?;
+    }
+    // Let the Redis and MySQL sinks deliver what they hold (they keep retrying in the
+    // background; the Redis keys are in the backup file either way).
+    if let Some(r) = &shared.redis {
+        if !r.wait_idle(Duration::from_secs(10)) {
+            tracing::warn!("redis: stopping with {} writes pending", r.stats().pending);
+        }
+    }
+    if let Some(m) = &shared.mysql {
+        if !m.wait_idle(Duration::from_secs(10)) {
+            tracing::warn!("mysql: stopping with {} rows pending", m.stats().pending);
+        }
     }
     if let Some(k) = &shared.kafka {
         while !k.flush(Duration::from_secs(5)) {
@@ -511,7 +544,8 @@ fn worker_main(
     let spec = cfg.window.spec();
     let mut pipeline = dataflow::build_with(worker, spec, shared.service.clone());
 
-    let mut tables = RuleTables::load_dir(&cfg.rules.dir)?;
+    let (mut rules_version, tables) = shared.rules.current();
+    let mut tables = RuleTables::clone(&tables);
     if index == 0 {
         pipeline.rules.apply(&RuleTables::default(), &tables);
     }
@@ -523,7 +557,6 @@ fn worker_main(
         live,
         &mut pipeline,
     )?;
-    let mut watcher = cfg.rules.watch.then(|| RuleWatcher::new(&cfg.rules.dir));
     let mut last_watch = Instant::now();
 
     let stdin = cfg.source.kind != SourceKind::Kafka && cfg.source.path == Path::new("-");
@@ -650,32 +683,31 @@ fn worker_main(
             }
         }
 
-        if let Some(w) = watcher.as_mut() {
-            if last_watch.elapsed() >= Duration::from_millis(cfg.rules.watch_interval_ms) {
-                last_watch = Instant::now();
-                if let Some(result) = w.poll() {
-                    match result.and_then(|new| {
-                        let rules = DataRules::compile(&new.filter, &new.classify, &new.analyze)?;
-                        Ok((new, rules))
-                    }) {
-                        Ok((new, rules)) => {
-                            if index == 0 {
-                                pipeline.rules.apply(&tables, &new);
-                                pipeline.flush();
-                                tracing::info!("rules reloaded from {}", cfg.rules.dir.display());
-                            }
-                            ingest.rules = rules;
-                            ingest.ip_matcher = IpMatcher::new(&new.ip_blacklist);
-                            anomaly.rules_changed(&new, &mut pipeline);
-                            tables = new;
-                        }
-                        Err(e) => {
-                            if index == 0 {
-                                tracing::error!(
-                                    "rule reload failed, previous rules stay in force: {e:#}"
-                                );
-                            }
-                        }
+        if index == 0 && last_watch.elapsed() >= Duration::from_millis(cfg.rules.watch_interval_ms)
+        {
+            last_watch = Instant::now();
+            if let Err(e) = shared.rules.poll() {
+                tracing::error!("rule reload failed, previous rules stay in force: {e:#}");
+            }
+        }
+        if let Some((version, new)) = shared.rules.newer_than(rules_version) {
+            rules_version = version;
+            match DataRules::compile(&new.filter, &new.classify, &new.analyze) {
+                Ok(rules) => {
+                    let new = RuleTables::clone(&new);
+                    if index == 0 {
+                        pipeline.rules.apply(&tables, &new);
+                        pipeline.flush();
+                        tracing::info!("rules reloaded from {}", shared.rules.name);
+                    }
+                    ingest.rules = rules;
+                    ingest.ip_matcher = IpMatcher::new(&new.ip_blacklist);
+                    anomaly.rules_changed(&new, &mut pipeline);
+                    tables = new;
+                }
+                Err(e) => {
+                    if index == 0 {
+                        tracing::error!("rule reload failed, previous rules stay in force: {e:#}");
                     }
                 }
             }
@@ -718,13 +750,17 @@ fn worker_main(
     let indicators = pipeline.indicators_at(final_tick);
     ingest.flush()?;
     if let Some(Source::Kafka(k)) = source.as_mut() {
-        // Everything read is processed and its decisions are written (after the flush in run,
-        // which happens after this; flush here so the final commit is safe).
-        if shared
+        // Everything read is processed and its decisions are emitted; commit once the Kafka
+        // and MySQL outputs are delivered (the Redis keys are in the backup file).
+        let delivered = shared
             .kafka
             .as_ref()
             .is_none_or(|s| s.flush(Duration::from_secs(30)))
-        {
+            && shared
+                .mysql
+                .as_ref()
+                .is_none_or(|m| m.wait_idle(Duration::from_secs(10)));
+        if delivered {
             k.commit(&k.position(), final_tick + 1);
             ingest.counters.kafka_commits += 1;
         }
@@ -786,6 +822,12 @@ fn commit_offsets(
         return Ok(());
     };
     ingest.flush()?;
+    // nh_ip_blacklist rows are part of the output too (Redis keys have their durable backup).
+    let mysql_pending = shared.mysql.as_ref().is_some_and(|m| m.stats().pending > 0);
+    if mysql_pending {
+        to_commit.push_front((pos, t));
+        return Ok(());
+    }
     if let Some(k) = &shared.kafka {
         if !k.flush(Duration::from_secs(5)) {
             // The broker is away: keep the position for the next try.
@@ -807,6 +849,31 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The Redis key and the `nh_ip_blacklist` row of a decision. Both writes are idempotent, so
+/// they are made again for decisions recomputed after a restart (which also resumes the
+/// refreshing of the keys' TTL).
+fn write_key_stores(shared: &Shared, d: &blacklist::DecisionEvent, utc_offset_minutes: i32) {
+    let e = &d.entry;
+    if let Some(redis) = &shared.redis {
+        match d.action {
+            Action::Add | Action::Update => {
+                let value = blacklist_value(
+                    e.decision.score.0,
+                    &e.flow_id,
+                    &e.decision.hit_rule_ids,
+                    d.tick as i64,
+                    utc_offset_minutes,
+                );
+                redis.blacklist_set(e.ip, &e.flow_id, value);
+            }
+            Action::Remove => redis.blacklist_clear(e.ip, &e.flow_id),
+        }
+    }
+    if let (Some(mysql), Action::Add) = (&shared.mysql, d.action) {
+        mysql.insert_ip(e.ip);
+    }
+}
+
 fn emit_decisions(
     pipeline: &Pipeline,
     cfg: &Config,
@@ -825,6 +892,7 @@ fn emit_decisions(
     let offset = cfg.output.utc_offset_minutes;
     let mut text = String::new();
     for d in blacklist::decisions(updates) {
+        write_key_stores(shared, &d, offset);
         match d.action {
             Action::Add => {
                 blacklisted.insert(d.entry.ip);

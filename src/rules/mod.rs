@@ -4,6 +4,7 @@
 //! of them; [`RuleWatcher`] notices edited files and yields the new snapshot, which the engine
 //! diffs into the dataflow's rule input collections (a changed row = retraction + insertion).
 
+pub mod feed;
 pub mod load;
 pub mod mysql;
 pub mod tables;

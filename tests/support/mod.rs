@@ -5,6 +5,8 @@
 //! installs them. Add more servers as their own struct below (each self-contained).
 #![allow(dead_code)]
 
+pub mod tansu;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

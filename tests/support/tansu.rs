@@ -37,7 +37,7 @@ fn binary() -> PathBuf {
 impl Tansu {
     pub fn start() -> Tansu {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = super::free_port();
         let log = dir.path().join("tansu.log");
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(binary())
@@ -90,13 +90,4 @@ impl Drop for Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A port that was free on 127.0.0.1 a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
