@@ -5,9 +5,10 @@
 #   scripts/bench-replay.sh 1000000 60 cs 1 2
 #
 # Generates the input once into target/bench-data/ (deterministic, seed 42), then for each
-# worker count runs the replay, and prints one result line per run. It also times the
-# parse-only floor (`antispider gen` is not it: the floor is `wc -l`-like reading plus
-# parsing, measured by `cargo bench --bench stages -- parse`).
+# worker count runs the replay, and prints one result line per run. For the same file and
+# worker count it then prints the parse-only floor (`antispider parse`: the file read and split
+# `line_no % N` over N threads and parsed, no dataflow) and the floor with dataprocess
+# (`antispider parse --process`), and how many times slower the full replay is.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -42,5 +43,15 @@ c = s["counters"]
 print(f"lines={sys.argv[3]} minutes={sys.argv[4]} format={sys.argv[5]} workers={sys.argv[6]} "
       f"elapsed={s['elapsed_secs']:.1f}s lines/s={s['lines_per_sec']:.0f} "
       f"windowed={c['windowed']} blacklisted_ips={s['ips_blacklisted']} peak_rss={rss/1024:.0f}MiB")
+PY
+  "$BIN" parse "$LOG" --format "$FORMAT" -w "$w" --json > "$DATA/floor-$w.json"
+  "$BIN" parse "$LOG" --format "$FORMAT" -w "$w" --process --json > "$DATA/floor-process-$w.json" 2>/dev/null
+  python3 - "$DATA/summary-$w.json" "$DATA/floor-$w.json" "$DATA/floor-process-$w.json" <<'PY'
+import json, sys
+full = json.load(open(sys.argv[1]))["lines_per_sec"]
+for path in sys.argv[2:]:
+    f = json.load(open(path))
+    print(f"  floor {f['stage']:<17} workers={f['workers']} elapsed={f['elapsed_secs']:.2f}s "
+          f"lines/s={f['lines_per_sec']:.0f} errors={f['errors']} replay_is={f['lines_per_sec'] / full:.1f}x_slower")
 PY
 done

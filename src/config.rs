@@ -282,10 +282,17 @@ impl KafkaConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// Worker threads in this process.
+    /// Worker threads in this process (every process of a cluster runs as many).
     pub workers: usize,
     /// Lines each worker reads between dataflow steps.
     pub batch_lines: usize,
+    /// Processes in the cluster (1: this process alone), see `cluster`.
+    pub processes: usize,
+    /// This process, `0..processes`.
+    pub process: usize,
+    /// The cluster's addresses: one `host:port` per line, in process order (timely's
+    /// hostfile). Default with several processes: `127.0.0.1:2101`, `127.0.0.1:2102`, ...
+    pub hostfile: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -293,6 +300,9 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: 1,
             batch_lines: 8192,
+            processes: 1,
+            process: 0,
+            hostfile: None,
         }
     }
 }
@@ -314,6 +324,8 @@ pub struct RedisConfig {
     pub refresh_secs: u64,
     /// TTL of the `CSANTI_MONITOR_*` records.
     pub monitor_ttl_secs: u64,
+    /// How often the link statistics and monitor records are published (0 = never).
+    pub monitor_interval_secs: u64,
     /// Writes kept while Redis is unreachable; beyond it the oldest monitor records are
     /// dropped first (blacklist keys are restored from the backup file).
     pub buffer_limit: usize,
@@ -336,6 +348,7 @@ impl Default for RedisConfig {
             blacklist_ttl_secs: 3600,
             refresh_secs: 0,
             monitor_ttl_secs: 86_400,
+            monitor_interval_secs: 60,
             buffer_limit: 100_000,
             backup_path: PathBuf::from("out/redis_backup.jsonl"),
             delete_on_remove: false,
@@ -441,6 +454,13 @@ impl Config {
         }
         if self.engine.workers == 0 {
             return Err(anyhow!("engine.workers must be at least 1"));
+        }
+        if self.engine.processes == 0 || self.engine.process >= self.engine.processes {
+            return Err(anyhow!(
+                "engine.process ({}) must be below engine.processes ({}, at least 1)",
+                self.engine.process,
+                self.engine.processes
+            ));
         }
         if self.source.kind == SourceKind::Kafka && self.kafka.source_topics.is_empty() {
             return Err(anyhow!(

@@ -4,11 +4,14 @@
 //! `peers`-th line), so parsing scales with workers; the dataflow exchanges by IP. The input
 //! time of a worker is the newest tick it has seen minus the allowed lateness; an event whose
 //! tick is already behind it is late and dead-lettered.
+//!
+//! The workers may be spread over several processes (`cluster`): `index` and `peers` are then
+//! the cluster's, and what the workers need to know of each other is in `Shared::view`.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,6 +85,8 @@ pub struct Summary {
     pub elapsed_secs: f64,
     pub lines_per_sec: f64,
     pub workers: usize,
+    /// Line read → decision written (see `latency`).
+    pub latency: crate::latency::LatencySummary,
 }
 
 /// How the engine runs.
@@ -101,55 +106,47 @@ struct Shared {
     processed_book: SharedFile,
     deadletter: SharedFile,
     indicators_path: std::path::PathBuf,
-    readers: usize,
-    readers_done: AtomicUsize,
-    max_tick: AtomicU64,
-    /// The newest input time of any worker, followed by workers that have nothing to read
-    /// (stdin is read by worker 0; Kafka may have fewer partitions than workers).
-    max_time: AtomicU64,
+    /// This process's place in the cluster (one process: the only one).
+    cluster: crate::cluster::Cluster,
+    /// What the workers of the whole cluster know of each other: done reading and the final
+    /// tick, input times (followed by workers that have nothing to read: stdin is read by
+    /// worker 0; Kafka may have fewer partitions than workers), written decisions, re-reading
+    /// after a restart (see `cluster`).
+    view: Arc<crate::cluster::View>,
     lines_read: AtomicU64,
     stop: Arc<AtomicBool>,
     /// (flow, IP) pairs this engine has blacklisted now, for the high-frequency tag (SPEC §3.7).
     /// Only the sink writes it; the tag of a line reads it, so a decision tags the lines that
     /// follow it, in every worker of the process.
-    self_blacklisted: std::sync::RwLock<std::collections::HashMap<IpAddr, usize>>,
-    kafka: Option<KafkaSink>,
-    /// The live rule tables (directory or MySQL), polled by worker 0.
+    /// With several processes, the decisions of the others are merged in (`cluster`).
+    self_blacklisted: Arc<crate::cluster::SelfBlacklist>,
+    kafka: Option<Arc<KafkaSink>>,
+    /// The live rule tables (directory or MySQL), polled by the first worker of the process.
     rules: RuleFeed,
     /// `CSANTI_ANTI_BLACK<ip>:<flowId>` keys (SPEC §5) and their backup.
     redis: Option<RedisSink>,
     /// Blacklisted IPs into `nh_ip_blacklist`, once.
-    mysql: Option<MysqlBlacklistSink>,
-    /// Workers still re-reading input an earlier run processed; their decisions are not
-    /// written again.
-    replaying_workers: AtomicUsize,
-    /// The lowest input time at which a worker finished re-reading (decisions before it were
-    /// written by the earlier run); `u64::MAX` when no worker re-read anything.
-    resume_tick: AtomicU64,
-    /// Per worker: every decision before this tick is written.
-    written_below: Vec<AtomicU64>,
+    mysql: Option<Arc<MysqlBlacklistSink>>,
     /// Service anomalies: results and inboxes shared with the API, models and captures.
     anomaly: Arc<crate::anomaly::AnomalyHub>,
     service: crate::anomaly::wire::ServiceShared,
+    latency: crate::latency::LatencyRecorder,
+    /// Link statistics and monitor records for Redis (when `[redis]` is enabled).
+    monitor: Option<crate::monitor::Monitor>,
 }
 
 impl Shared {
     /// Every worker has written its decisions before this tick.
     fn all_written_below(&self) -> Time {
-        self.written_below
-            .iter()
-            .map(|w| w.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(0)
+        self.view.all_written_below()
     }
 
     /// Decisions at `tick` were already written by the run before a restart.
     fn already_written(&self, tick: Time) -> bool {
-        if self.replaying_workers.load(Ordering::Acquire) > 0 {
+        if !self.view.all_live() {
             return true;
         }
-        let resume = self.resume_tick.load(Ordering::Acquire);
-        resume != u64::MAX && tick < resume
+        self.view.resume_tick().is_some_and(|resume| tick < resume)
     }
 }
 
@@ -183,28 +180,28 @@ pub fn run_with(
     }
 
     let workers = cfg.engine.workers;
-    let stdin = cfg.source.path == Path::new("-");
+    // Several processes: each writes its share of the outputs to files of its own
+    // (`blacklist.p1.jsonl`, ...); see `cluster::Cluster::output_path`.
+    let cluster = crate::cluster::Cluster::from_config(&cfg.engine)?;
     let ext = match cfg.output.processed_format {
         ProcessedFormat::Cs => "cs",
         ProcessedFormat::Json => "jsonl",
     };
     let shared = Arc::new(Shared {
-        blacklist: SharedFile::create(&out.join("blacklist.jsonl"))?,
-        processed_query: SharedFile::create(&out.join(format!("processed_query.{ext}")))?,
-        processed_book: SharedFile::create(&out.join(format!("processed_book.{ext}")))?,
-        deadletter: SharedFile::create(&out.join("deadletter.jsonl"))?,
-        indicators_path: out.join("indicators.jsonl"),
-        readers: if stdin && cfg.source.kind != SourceKind::Kafka {
-            1
-        } else {
-            workers
-        },
-        readers_done: AtomicUsize::new(0),
-        max_tick: AtomicU64::new(0),
-        max_time: AtomicU64::new(0),
+        blacklist: SharedFile::create(&cluster.output_path(out, "blacklist.jsonl"))?,
+        processed_query: SharedFile::create(
+            &cluster.output_path(out, &format!("processed_query.{ext}")),
+        )?,
+        processed_book: SharedFile::create(
+            &cluster.output_path(out, &format!("processed_book.{ext}")),
+        )?,
+        deadletter: SharedFile::create(&cluster.output_path(out, "deadletter.jsonl"))?,
+        indicators_path: cluster.output_path(out, "indicators.jsonl"),
+        view: Arc::new(crate::cluster::View::new(cluster.peers())),
+        self_blacklisted: Arc::new(crate::cluster::SelfBlacklist::new(&cluster)),
+        cluster: cluster.clone(),
         lines_read: AtomicU64::new(0),
         stop,
-        self_blacklisted: Default::default(),
         rules,
         redis: if cfg.redis.enabled {
             Some(RedisSink::start(&cfg.redis)?)
@@ -212,29 +209,39 @@ pub fn run_with(
             None
         },
         mysql: if cfg.mysql.blacklist {
-            Some(MysqlBlacklistSink::start(&cfg.mysql)?)
+            Some(Arc::new(MysqlBlacklistSink::start(&cfg.mysql)?))
         } else {
             None
         },
         kafka: if cfg.kafka.produces() {
-            Some(KafkaSink::new(&cfg.kafka)?)
+            Some(Arc::new(KafkaSink::new(&cfg.kafka)?))
         } else {
             None
         },
-        replaying_workers: AtomicUsize::new(workers),
-        resume_tick: AtomicU64::new(u64::MAX),
-        written_below: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         anomaly,
         service: Default::default(),
+        latency: Default::default(),
+        monitor: (cfg.redis.enabled && cfg.redis.monitor_interval_secs > 0).then(|| {
+            crate::monitor::Monitor::new(
+                cfg.redis.monitor_interval_secs * 1000,
+                "antispider",
+                cfg.output.utc_offset_minutes,
+            )
+        }),
     });
 
     let started = Instant::now();
     let progress = opts.progress.then(|| progress_bar(shared.clone()));
-    let timely_config = if workers == 1 {
-        timely::Config::thread()
-    } else {
-        timely::Config::process(workers)
-    };
+    let timely_config = cluster.timely_config();
+    if cluster.processes > 1 {
+        tracing::info!(
+            "process {} of {}, {} workers each; connecting to {}",
+            cluster.process,
+            cluster.processes,
+            cluster.threads,
+            cluster.addresses.join(", ")
+        );
+    }
     let live = opts.live;
     let shared_w = shared.clone();
     let guards = timely::execute(timely_config, move |worker| {
@@ -297,6 +304,7 @@ pub fn run_with(
         final_tick,
         elapsed_secs: elapsed,
         workers,
+        latency: shared.latency.summary(),
     })
 }
 
@@ -389,6 +397,12 @@ struct Ingest<'a> {
     kafka: Option<&'a KafkaSink>,
     /// Newest tick among the lines re-read after a restart.
     replay_max_tick: Time,
+    /// Per source slot (Kafka partition): newest tick read, and whether more is expected now
+    /// (a partition at its end does not hold the others back).
+    slot_max: Vec<Time>,
+    slot_active: Vec<bool>,
+    /// Link statistics of this worker, merged into `Shared::monitor` per batch.
+    tally: Option<crate::monitor::Tally>,
 }
 
 impl Ingest<'_> {
@@ -433,6 +447,9 @@ impl Ingest<'_> {
         }
         pipeline.service.request(&rec);
         let t_ms = rec.time_ms as u64;
+        if let (Some(t), false) = (self.tally.as_mut(), raw.replay) {
+            t.line(&rec.server_addr, rec.connections_active);
+        }
         let mut p = match dataprocess::process(&self.rules, &self.masker, &self.cookies, rec) {
             Outcome::Filtered => {
                 self.counters.filtered += 1;
@@ -449,7 +466,7 @@ impl Ingest<'_> {
         // The frontier is the newest tick this worker has seen minus the allowed lateness, judged
         // line by line (not per batch), so lateness does not depend on the batch size.
         let lateness = self.cfg.window.allowed_lateness_ms;
-        let frontier = (self.max_tick.saturating_sub(lateness) / spec.slide_ms * spec.slide_ms)
+        let frontier = (self.watermark().saturating_sub(lateness) / spec.slide_ms * spec.slide_ms)
             .max(pipeline.time());
         if tick < frontier {
             if !raw.replay {
@@ -461,11 +478,8 @@ impl Ingest<'_> {
             self.dead_letter(raw, "late", &detail)?;
             return Ok(Some(t_ms));
         }
-        p.high_frq_ip_group = self.ip_matcher.contains(&ip)
-            || shared
-                .self_blacklisted
-                .read()
-                .is_ok_and(|set| set.contains_key(&ip));
+        p.high_frq_ip_group =
+            self.ip_matcher.contains(&ip) || shared.self_blacklisted.contains(&ip);
         let windowed = match p.behavior_type {
             BehaviorType::Query => true,
             BehaviorType::Book => self.cfg.window.input == WindowInput::All,
@@ -476,13 +490,40 @@ impl Ingest<'_> {
         }
         if windowed {
             self.counters.windowed += 1;
+            if tick > self.max_tick {
+                shared.latency.seen(tick);
+            }
+            if let (Some(t), false) = (self.tally.as_mut(), raw.replay) {
+                t.query();
+            }
             self.max_tick = self.max_tick.max(tick);
+            let slot = raw.slot as usize;
+            if slot >= self.slot_max.len() {
+                self.slot_max.resize(slot + 1, 0);
+                self.slot_active.resize(slot + 1, true);
+            }
+            self.slot_max[slot] = self.slot_max[slot].max(tick);
             if raw.replay {
                 self.replay_max_tick = self.replay_max_tick.max(tick);
             }
             pipeline.events.update_at(win_event(ip, p), tick, 1);
         }
         Ok(Some(t_ms))
+    }
+
+    /// Newest tick the input has reached: the oldest newest-tick of the slots still delivering
+    /// (like a Kafka Streams watermark), so a partition read ahead of another does not make
+    /// the other's lines late; a partition that has delivered nothing yet (and is not at its
+    /// end) holds time at 0. One slot (a file) is just its newest tick.
+    fn watermark(&self) -> Time {
+        let active = self
+            .slot_max
+            .iter()
+            .zip(&self.slot_active)
+            .filter(|(_, a)| **a)
+            .map(|(m, _)| *m)
+            .min();
+        active.unwrap_or(self.max_tick)
     }
 
     /// The `processedQuery` / `processedBook` outputs (SPEC §3.8); Other is not sent.
@@ -543,6 +584,18 @@ fn worker_main(
     let peers = worker.peers();
     let spec = cfg.window.spec();
     let mut pipeline = dataflow::build_with(worker, spec, shared.service.clone());
+    // With several processes: the workers' status and blacklist decisions to the other
+    // processes (see `cluster`).
+    let mut control = (shared.cluster.processes > 1).then(|| {
+        crate::cluster::Control::build(
+            worker,
+            &shared.cluster,
+            shared.view.clone(),
+            shared.self_blacklisted.clone(),
+        )
+    });
+    // The first worker of each process polls the rule source for its process.
+    let local_first = index.is_multiple_of(shared.cluster.threads.max(1));
 
     let (mut rules_version, tables) = shared.rules.current();
     let mut tables = RuleTables::clone(&tables);
@@ -557,10 +610,24 @@ fn worker_main(
         live,
         &mut pipeline,
     )?;
+    if let Some(k) = &shared.kafka {
+        if k.wants(Topic::ServiceAnomalies) {
+            anomaly.add_sink(Box::new(crate::sink::kafka::AnomalyTopic {
+                sink: k.clone(),
+                utc_offset_minutes: cfg.output.utc_offset_minutes,
+            }));
+        }
+    }
+    if let Some(m) = &shared.mysql {
+        anomaly.add_sink(Box::new(crate::sink::mysql::CatResultTable(m.clone())));
+    }
     let mut last_watch = Instant::now();
 
     let stdin = cfg.source.kind != SourceKind::Kafka && cfg.source.path == Path::new("-");
     let reader = !stdin || index == 0;
+    if !reader {
+        shared.view.set_done(index, 0);
+    }
     let mut source = if !reader || cfg.source.path.as_os_str().is_empty() {
         // An empty path: no log (service samples only).
         None
@@ -603,8 +670,11 @@ fn worker_main(
         processed_query: Batched::new(shared.processed_query.clone()),
         processed_book: Batched::new(shared.processed_book.clone()),
         deadletter: Batched::new(shared.deadletter.clone()),
-        kafka: shared.kafka.as_ref(),
+        kafka: shared.kafka.as_deref(),
         replay_max_tick: 0,
+        slot_max: Vec::new(),
+        slot_active: Vec::new(),
+        tally: shared.monitor.as_ref().map(|_| Default::default()),
     };
     let mut blacklisted = BTreeSet::new();
     let lateness = cfg.window.allowed_lateness_ms;
@@ -628,10 +698,22 @@ fn worker_main(
                 k.note_event_time(&raw, t);
             }
         }
+        if let (Some(m), Some(t)) = (&shared.monitor, ingest.tally.as_mut()) {
+            m.merge(t);
+            if let (0, Some(redis)) = (index, &shared.redis) {
+                m.publish_due(redis);
+            }
+        }
 
         anomaly.step(&mut pipeline, &mut ingest.max_tick, status == Poll::Eof)?;
         // Advance event time: newest tick minus the allowed lateness, on the slide grid.
-        let mut target = ingest.max_tick.saturating_sub(lateness) / slide * slide;
+        if let Some(Source::Kafka(k)) = source.as_ref() {
+            k.active_slots(&mut ingest.slot_active);
+            let n = ingest.slot_active.len().max(ingest.slot_max.len());
+            ingest.slot_max.resize(n, 0);
+            ingest.slot_active.resize(n, true);
+        }
+        let mut target = ingest.watermark().saturating_sub(lateness) / slide * slide;
         if status == Poll::Data {
             skew = Some(now_ms() - ingest.max_tick as i64);
         } else if status == Poll::Idle {
@@ -641,24 +723,25 @@ fn worker_main(
             }
         }
         if !reader || done_reading || (ingest.max_tick == 0 && status != Poll::Data) {
-            target = target.max(shared.max_time.load(Ordering::Acquire));
+            target = target.max(shared.view.max_time());
         }
         pipeline.advance_to(target);
-        shared.max_time.fetch_max(pipeline.time(), Ordering::AcqRel);
+        shared.view.set_time(index, pipeline.time());
         if replaying && !source.as_ref().is_some_and(Source::replaying) {
             // Done re-reading what an earlier run processed: decisions from here on are new.
             replaying = false;
+            let mut resume = None;
             if ingest.counters.replayed > 0 {
                 // The input frontier the earlier run had when it committed what was re-read:
                 // it wrote every decision before it (see commit_offsets).
-                let resume = ingest.replay_max_tick.saturating_sub(lateness);
-                shared.resume_tick.fetch_min(resume, Ordering::AcqRel);
+                let r = ingest.replay_max_tick.saturating_sub(lateness);
+                resume = Some(r);
                 tracing::info!(
-                    "worker {index}: window rebuilt from {} re-read lines; resuming at tick {resume}",
+                    "worker {index}: window rebuilt from {} re-read lines; resuming at tick {r}",
                     ingest.counters.replayed,
                 );
             }
-            shared.replaying_workers.fetch_sub(1, Ordering::AcqRel);
+            shared.view.set_live(index, resume);
         }
 
         worker.step();
@@ -667,23 +750,32 @@ fn worker_main(
         while pipeline.probe.less_than(&lag_limit) {
             worker.step();
         }
-        let written_below = pipeline.completed();
-        emit_decisions(
-            &pipeline,
-            cfg,
-            shared,
-            &mut ingest.counters,
-            &mut blacklisted,
-            None,
-        )?;
-        shared.written_below[index].fetch_max(written_below, Ordering::AcqRel);
+        // Decisions wait until every worker of the cluster has finished re-reading what an
+        // earlier run committed: then it is known which of them were written back then.
+        if shared.view.all_live() {
+            let written_below = pipeline.completed();
+            emit_decisions(
+                &pipeline,
+                cfg,
+                shared,
+                &mut ingest.counters,
+                &mut blacklisted,
+                None,
+            )?;
+            shared.view.set_written_below(index, written_below);
+            if index == 0 {
+                shared
+                    .latency
+                    .written_below(shared.all_written_below(), !replaying);
+            }
+        }
         if let Some(Source::Kafka(k)) = source.as_mut() {
             if !replaying {
                 commit_offsets(k, &mut ingest, shared, &mut to_commit, &mut last_commit)?;
             }
         }
 
-        if index == 0 && last_watch.elapsed() >= Duration::from_millis(cfg.rules.watch_interval_ms)
+        if local_first && last_watch.elapsed() >= Duration::from_millis(cfg.rules.watch_interval_ms)
         {
             last_watch = Instant::now();
             if let Err(e) = shared.rules.poll() {
@@ -713,14 +805,21 @@ fn worker_main(
             }
         }
 
-        let stopping = shared.stop.load(Ordering::Relaxed);
+        let mut stopping = shared.view.stopping();
+        if shared.stop.load(Ordering::Relaxed) {
+            // Ctrl-C on any process stops the whole cluster.
+            shared.view.set_stop(index);
+            stopping = true;
+        }
         if reader && !done_reading && ((status == Poll::Eof && anomaly.input_done()) || stopping) {
             done_reading = true;
-            shared.max_tick.fetch_max(ingest.max_tick, Ordering::AcqRel);
-            shared.readers_done.fetch_add(1, Ordering::AcqRel);
+            shared.view.set_done(index, ingest.max_tick);
             ingest.flush()?;
         }
-        if shared.readers_done.load(Ordering::Acquire) >= shared.readers {
+        if let Some(c) = control.as_mut() {
+            c.publish(&shared.view, &shared.self_blacklisted);
+        }
+        if shared.view.all_done() {
             break;
         }
         if status == Poll::Idle
@@ -734,7 +833,7 @@ fn worker_main(
 
     // Complete the final tick everywhere, read the results as of it, and drop the rest (the
     // window expirations after the end of the input are not decisions anyone asked for).
-    let final_tick = shared.max_tick.load(Ordering::Acquire);
+    let final_tick = shared.view.final_tick();
     pipeline.advance_to(final_tick + 1);
     while !pipeline.done_through(final_tick) {
         worker.step();
@@ -809,7 +908,7 @@ fn commit_offsets(
         return Ok(());
     }
     *last_commit = Instant::now();
-    to_commit.push_back((source.position(), ingest.max_tick));
+    to_commit.push_back((source.position(), ingest.watermark()));
     let written = shared.all_written_below();
     let mut ready = None;
     while to_commit.front().is_some_and(|(_, t)| {
@@ -896,19 +995,10 @@ fn emit_decisions(
         match d.action {
             Action::Add => {
                 blacklisted.insert(d.entry.ip);
-                if let Ok(mut set) = shared.self_blacklisted.write() {
-                    *set.entry(d.entry.ip).or_default() += 1;
-                }
+                shared.self_blacklisted.add(d.entry.ip);
             }
             Action::Remove => {
-                if let Ok(mut set) = shared.self_blacklisted.write() {
-                    if let Some(n) = set.get_mut(&d.entry.ip) {
-                        *n -= 1;
-                        if *n == 0 {
-                            set.remove(&d.entry.ip);
-                        }
-                    }
-                }
+                shared.self_blacklisted.remove(d.entry.ip);
             }
             Action::Update => continue,
         }
@@ -921,6 +1011,7 @@ fn emit_decisions(
             Action::Add => counters.decisions_add += 1,
             _ => counters.decisions_remove += 1,
         }
+        shared.latency.decision_written(d.tick);
         let json = blacklist::to_json(&d, offset, now_ms());
         if cfg.output.print_decisions {
             println!(

@@ -72,6 +72,10 @@ pub struct GenOptions {
     pub malformed_per_mille: u32,
     /// Offset of the rendered times, minutes east of UTC.
     pub tz_offset_minutes: i32,
+    /// IP churn traffic instead of the actors: `lines` query requests at a steady rate over
+    /// the period, each from a new IP (see [`churn_ip`]); no malformed lines. The truth lists
+    /// every IP as `human`.
+    pub churn: bool,
 }
 
 impl Default for GenOptions {
@@ -86,6 +90,7 @@ impl Default for GenOptions {
             humans: 0,
             malformed_per_mille: 1,
             tz_offset_minutes: 480,
+            churn: false,
         }
     }
 }
@@ -1551,6 +1556,85 @@ impl<'o> Gen<'o> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// IP churn.
+
+/// Churn addresses: 16.0.0.0/4 (2^28 addresses, 4096 /16s).
+const CHURN_BASE: u32 = 0x1000_0000;
+const CHURN_BITS: u32 = 28;
+
+/// The address of the `i`-th churn request: `i` times an odd constant modulo 2^28 (a bijection,
+/// so the first 2^28 requests all have distinct addresses), spread over the /16s of
+/// 16.0.0.0/4.
+pub fn churn_ip(i: u64) -> u32 {
+    let mask = (1u64 << CHURN_BITS) - 1;
+    CHURN_BASE | ((i.wrapping_mul(0x9E37_79B1) & mask) as u32)
+}
+
+/// Writes `opts.lines` query requests at a steady rate over `opts.duration_ms`, the `i`-th one
+/// at `start + i * duration / lines` from [`churn_ip`]`(i)`; returns the lines and the IPs.
+fn churn(opts: &GenOptions, log: &mut dyn Write) -> io::Result<(u64, Vec<(u32, Kind)>)> {
+    if opts.lines > 1 << CHURN_BITS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("churn traffic has at most 2^{CHURN_BITS} distinct IPs (lines)"),
+        ));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut times = TimeCache::new(opts.tz_offset_minutes);
+    let local = opts.start_ms + opts.tz_offset_minutes as i64 * 60_000;
+    let base_day = local.div_euclid(86_400_000);
+    let dur = opts.duration_ms.max(1) as i128;
+    let n = opts.lines.max(1) as i128;
+    let mut out = BufWriter::with_capacity(1 << 16, log);
+    let mut seen = Vec::with_capacity(opts.lines as usize);
+    for i in 0..opts.lines {
+        let t = opts.start_ms + (i as i128 * dur / n) as i64;
+        let ip = churn_ip(i);
+        let (dep, arr, country) = route(&mut rng, false);
+        let journey = Journey {
+            dep,
+            arr,
+            country,
+            day: base_day + rng.random_range(1..=60i64),
+            ret_day: None,
+            adults: 1,
+            children: 0,
+        };
+        let req = query_req(Endpoint::Query, &journey, false);
+        let (time_iso8601, time_local) = times.get(t);
+        let server = rng.random_range(0..4usize);
+        let rec = LogRecord {
+            time_ms: t,
+            time_iso8601,
+            time_local,
+            request: req.request,
+            request_method: req.method.to_string(),
+            content_type: req.content_type.to_string(),
+            request_body: req.body,
+            http_referer: format!("{SITE}{}", journey.search_url()),
+            remote_addr: ip_text(ip),
+            http_user_agent: pick(&mut rng, &BROWSER_UAS).to_string(),
+            server_addr: SERVERS[server].to_string(),
+            host: if opts.format == LogFormat::Combined {
+                String::new()
+            } else {
+                HOST.to_string()
+            },
+            http_cookie: format!("JSESSIONID={}; language=zh_CN", hex32(&mut rng)),
+            connections_active: Some(rng.random_range(50..300u32)),
+            status: Some(200),
+            body_bytes_sent: Some(rng.random_range(1_500..45_000u64)),
+            request_time: Some(rng.random_range(50..800u32) as f64 / 1000.0),
+        };
+        out.write_all(render_line(opts.format, &rec).as_bytes())?;
+        out.write_all(b"\n")?;
+        seen.push((ip, Kind::Human));
+    }
+    out.flush()?;
+    Ok((opts.lines, seen))
+}
+
 /// Writes `opts.lines` synthetic access-log lines to `log` and the ground truth
 /// (`ip,label,kind`, one row per client IP of the log, sorted by address) to `truth`.
 pub fn generate(
@@ -1558,9 +1642,14 @@ pub fn generate(
     log: &mut dyn Write,
     truth: &mut dyn Write,
 ) -> io::Result<GenSummary> {
-    let mut g = Gen::new(opts);
-    let (lines, malformed) = g.run(log)?;
-    let mut seen = std::mem::take(&mut g.seen);
+    let (lines, malformed, mut seen) = if opts.churn {
+        let (lines, seen) = churn(opts, log)?;
+        (lines, 0, seen)
+    } else {
+        let mut g = Gen::new(opts);
+        let (lines, malformed) = g.run(log)?;
+        (lines, malformed, std::mem::take(&mut g.seen))
+    };
     seen.sort_unstable();
     seen.dedup();
     let mut ips_by_kind: BTreeMap<String, usize> =
@@ -1773,6 +1862,41 @@ mod tests {
         assert_eq!(v["flightdate"], "20261125");
         assert_eq!(v["adultnum"], "2");
         assert!(body.starts_with("json=%7B%22depcity%22%3A%22CAN%22%2C+%22arrcity%22"));
+    }
+
+    #[test]
+    fn churn_every_line_a_new_ip() {
+        let o = GenOptions {
+            lines: 20_000,
+            duration_ms: 600_000,
+            churn: true,
+            ..GenOptions::default()
+        };
+        let (log, truth, s) = run(&o);
+        let lines = lines_of(&log);
+        assert_eq!(lines.len(), 20_000);
+        assert_eq!(s.malformed, 0);
+        let lim = ParseLimits::default();
+        let recs: Vec<LogRecord> = lines
+            .iter()
+            .map(|l| parse_line(LogFormat::Cs, l, &lim).unwrap())
+            .collect();
+        let ips: HashSet<&str> = recs.iter().map(|r| r.remote_addr.as_str()).collect();
+        assert_eq!(ips.len(), lines.len(), "distinct IPs == lines");
+        assert_eq!(truth_map(&truth).len(), lines.len());
+        assert_eq!(s.ips_by_kind["human"], 20_000);
+        // Steady rate over the period, in order: 20 000 lines in 600 s = one per 30 ms.
+        assert_eq!(recs[0].time_ms, o.start_ms);
+        assert!(recs.windows(2).all(|w| w[1].time_ms - w[0].time_ms == 30));
+        assert!(recs.iter().all(|r| r.request.contains("query.ao")));
+        let (again, _, _) = run(&o);
+        assert!(again == log, "deterministic");
+        let j = run(&GenOptions {
+            format: LogFormat::Json,
+            lines: 1000,
+            ..o
+        });
+        assert_eq!(lines_of(&j.0).len(), 1000);
     }
 
     #[test]

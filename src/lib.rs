@@ -7,10 +7,12 @@
 //! - [`rulecompute`]: the 8 windowed per-IP indicators (SPEC §4);
 //! - [`scoring`]: flow scores and the blacklist (SPEC §5);
 //! - [`dataflow`]: assembles the one differential dataflow from the stages above;
-//! - [`source`] and [`sink`]: connectors; [`gen`]: synthetic traffic.
+//! - [`source`] and [`sink`]: connectors; [`gen`]: synthetic traffic; [`bench`]: benchmark tools.
 
 pub mod anomaly;
 pub mod api;
+pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod dataflow;
 pub mod dataprocess;
@@ -20,6 +22,8 @@ pub mod event;
 pub mod format;
 pub mod gen;
 pub mod harness;
+pub mod latency;
+pub mod monitor;
 pub mod rulecompute;
 pub mod rules;
 pub mod scoring;

@@ -1,4 +1,4 @@
-//! `antispider`: run the engine, replay a log, or generate synthetic traffic.
+//! `antispider`: run the engine, replay a log, generate synthetic traffic, benchmark tools.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -29,9 +29,43 @@ struct Cli {
     command: Command,
 }
 
+/// Timely's cluster flags (`-n N -p I -h hostfile`, with `-w` threads per process); they
+/// override `[engine] processes / process / hostfile`. `-h` is the hostfile, as in timely, so
+/// help is `--help` only on the commands that take these flags.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct ClusterArgs {
+    /// Processes in the cluster (default 1; see README "Cluster").
+    #[arg(short = 'n', long)]
+    processes: Option<usize>,
+    /// This process's index, 0..N.
+    #[arg(short = 'p', long)]
+    process: Option<usize>,
+    /// The processes' addresses: one host:port per line, in process order.
+    #[arg(short = 'h', long, value_name = "FILE")]
+    hostfile: Option<PathBuf>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+impl ClusterArgs {
+    fn apply(self, engine: &mut antispider::config::EngineConfig) {
+        if let Some(n) = self.processes {
+            engine.processes = n;
+        }
+        if let Some(p) = self.process {
+            engine.process = p;
+        }
+        if self.hostfile.is_some() {
+            engine.hostfile = self.hostfile;
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the main job: read the configured source live, print decisions, write `out/`.
+    #[command(disable_help_flag = true)]
     Run {
         /// Pipeline config (see README "Configuration").
         #[arg(long, default_value = "dataflows/local.toml")]
@@ -42,8 +76,11 @@ enum Command {
         /// Worker threads (overrides engine.workers).
         #[arg(short = 'w', long)]
         workers: Option<usize>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Replay a log in event time as fast as possible and write the results to OUT/.
+    #[command(disable_help_flag = true)]
     Replay {
         /// The log (`-` = stdin); optional with --service-samples.
         file: Option<PathBuf>,
@@ -71,6 +108,8 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Send a log file (or stdin) to a Kafka topic, one message per line.
     Produce {
@@ -122,6 +161,57 @@ enum Command {
         /// Ground-truth CSV (default: OUT with extension .truth.csv).
         #[arg(long)]
         truth: Option<PathBuf>,
+        /// IP churn traffic: LINES query requests at a steady rate over MINUTES, every one
+        /// from a new IP (no malformed lines).
+        #[arg(long)]
+        churn: bool,
+    },
+    /// Parse-only floor: read FILE and parse every line (no dataflow), print lines/s.
+    Parse {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "cs")]
+        format: LogFormat,
+        /// Threads, each reading the file and keeping every N-th line (as the file source).
+        #[arg(short = 'w', long, default_value_t = 1)]
+        workers: usize,
+        /// Also run dataprocess (filter, mask, classify, body parsing) on every record.
+        #[arg(long)]
+        process: bool,
+        /// Rules directory (with --process).
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// Config for masking, cookie names and the line limit (default: built-in + env).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Append the lines of FILE to OUT at a fixed rate (for the live-latency benchmark).
+    Feed {
+        file: PathBuf,
+        /// The file to append to (the engine follows it).
+        #[arg(long, value_name = "OUT")]
+        to: PathBuf,
+        /// Lines per second.
+        #[arg(long)]
+        rate: f64,
+        /// Stop after S seconds, reading FILE again from the start when it runs out (default:
+        /// one pass over FILE).
+        #[arg(long, value_name = "S")]
+        seconds: Option<f64>,
+        /// Rewrite each line's event time to the wall clock when it is written.
+        #[arg(long)]
+        retime: bool,
+        /// Format of FILE (for --retime).
+        #[arg(long, value_enum, default_value = "cs")]
+        format: LogFormat,
+        /// Empty OUT first instead of appending.
+        #[arg(long)]
+        truncate: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -159,11 +249,13 @@ fn real_main() -> anyhow::Result<()> {
             config,
             once,
             workers,
+            cluster,
         } => {
             let mut cfg = Config::load(&config)?;
             if let Some(w) = workers {
                 cfg.engine.workers = w;
             }
+            cluster.apply(&mut cfg.engine);
             if cfg.source.kind == SourceKind::Generator {
                 eprintln!(
                     "antispider: reading {} (generated sample traffic), rules from {}, results in {}",
@@ -210,6 +302,7 @@ fn real_main() -> anyhow::Result<()> {
             workers,
             config,
             json,
+            cluster,
         } => {
             let mut cfg = match config {
                 Some(p) => Config::load(&p)?,
@@ -233,6 +326,7 @@ fn real_main() -> anyhow::Result<()> {
             cfg.rules.watch = false;
             cfg.output.dir = out;
             cfg.engine.workers = workers;
+            cluster.apply(&mut cfg.engine);
             let progress = std::io::stderr().is_terminal();
             let hub = Arc::new(AnomalyHub::default());
             let api = match api {
@@ -298,6 +392,7 @@ fn real_main() -> anyhow::Result<()> {
             days,
             apps,
             episodes_per_kind,
+            churn,
         } => {
             if let Some(path) = &service {
                 let traffic = antispider::anomaly::gen::generate(
@@ -332,6 +427,7 @@ fn real_main() -> anyhow::Result<()> {
                 format,
                 seed,
                 duration_ms: minutes * 60_000,
+                churn,
                 ..Default::default()
             };
             let truth = truth.unwrap_or_else(|| out.with_extension("truth.csv"));
@@ -352,6 +448,104 @@ fn real_main() -> anyhow::Result<()> {
                 truth.display(),
                 s.ips_by_kind
             );
+        }
+        Command::Parse {
+            file,
+            format,
+            workers,
+            process,
+            rules,
+            config,
+            json,
+        } => {
+            use antispider::bench;
+            let cfg = match config {
+                Some(p) => Config::load(&p)?,
+                None => Config::from_env()?,
+            };
+            let stage = if process {
+                Some(bench::ProcessStage {
+                    rules: antispider::dataprocess::DataRules::load_dir(&rules)?,
+                    masker: antispider::dataprocess::Masker::new(
+                        cfg.masking.mode,
+                        &cfg.mask_secret(),
+                    ),
+                    cookies: antispider::dataprocess::CookieNames {
+                        jsessionid: cfg.cookies.jsessionid.clone(),
+                        user_id: cfg.cookies.user_id.clone(),
+                    },
+                })
+            } else {
+                None
+            };
+            let limits = antispider::format::ParseLimits {
+                max_line_bytes: cfg.source.max_line_bytes,
+            };
+            let s = bench::parse_floor(&file, format, workers, limits, stage.as_ref())?;
+            if s.parsed == 0 && s.lines > 0 {
+                eprintln!("antispider: no line parsed as {format}; is --format right?");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                let dp = if process {
+                    format!("  filtered {}  processed {}", s.filtered, s.processed)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{}: lines {}  parsed {}  errors {}{dp}  {:.2} s  {:.0} lines/s  workers {}",
+                    s.stage,
+                    s.lines,
+                    s.parsed,
+                    s.errors,
+                    s.elapsed_secs,
+                    s.lines_per_sec,
+                    s.workers
+                );
+            }
+        }
+        Command::Feed {
+            file,
+            to,
+            rate,
+            seconds,
+            retime,
+            format,
+            truncate,
+            json,
+        } => {
+            use antispider::bench;
+            let opts = bench::FeedOptions {
+                input: file,
+                output: to,
+                rate,
+                seconds,
+                retime: retime.then_some(format),
+                truncate,
+            };
+            if !retime && seconds.is_some() {
+                eprintln!(
+                    "antispider: without --retime, a second pass over the file repeats old event times"
+                );
+            }
+            let s = bench::feed(&opts, &stop_flag())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                eprintln!(
+                    "fed {} lines ({} bytes, {} passes, {} not retimed) to {} in {:.2} s: {:.0} lines/s (target {:.0}, at most {} lines behind)",
+                    s.lines,
+                    s.bytes,
+                    s.passes,
+                    s.not_retimed,
+                    opts.output.display(),
+                    s.elapsed_secs,
+                    s.achieved_rate,
+                    s.target_rate,
+                    s.max_behind_lines
+                );
+            }
         }
     }
     Ok(())
@@ -410,4 +604,24 @@ fn print_summary(s: &Summary, json: bool) {
         s.lines_per_sec,
         s.workers
     );
+    if c.replayed > 0 || c.kafka_commits > 0 {
+        eprintln!(
+            "kafka: re-read {} lines after a restart (decisions recomputed {}), {} commits",
+            c.replayed, c.decisions_replayed, c.kafka_commits
+        );
+    }
+    let l = &s.latency;
+    if l.tick.samples > 0 {
+        eprintln!(
+            "latency line read → decisions written: per tick p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms ({} ticks); per decision p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms ({} decisions)",
+            l.tick.p50_ms,
+            l.tick.p99_ms,
+            l.tick.max_ms,
+            l.tick.samples,
+            l.decision.p50_ms,
+            l.decision.p99_ms,
+            l.decision.max_ms,
+            l.decision.samples
+        );
+    }
 }

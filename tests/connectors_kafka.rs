@@ -150,6 +150,7 @@ fn servers_env(c: &mut Command, redis: &RedisServer, db: &MariaDb, dir: &Path) {
     c.env("ANTISPIDER__REDIS__ENABLED", "true")
         .env("ANTISPIDER__REDIS__URL", redis.url())
         .env("ANTISPIDER__REDIS__RESTORE_CHECK_SECS", "1")
+        .env("ANTISPIDER__REDIS__MONITOR_INTERVAL_SECS", "1")
         .env(
             "ANTISPIDER__REDIS__BACKUP_PATH",
             dir.join("redis_backup.jsonl").to_str().unwrap(),
@@ -196,16 +197,14 @@ fn engine(config: &Path, brokers: &str, stop_at_end: bool) -> Command {
 }
 
 fn produce(log: &Path, brokers: &str, rate: u64) -> std::process::Child {
+    produce_into(log, brokers, rate, 2)
+}
+
+fn produce_into(log: &Path, brokers: &str, rate: u64, partitions: u32) -> std::process::Child {
     Command::new(BIN)
         .args(["produce", log.to_str().unwrap(), "--brokers", brokers])
-        .args([
-            "--topic",
-            "logs",
-            "--partitions",
-            "2",
-            "--rate",
-            &rate.to_string(),
-        ])
+        .args(["--topic", "logs", "--partitions", &partitions.to_string()])
+        .args(["--rate", &rate.to_string()])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
@@ -224,7 +223,8 @@ fn kafka_in_blacklist_topic_redis_and_mysql_out_agree_with_replay() {
     let kafka = Tansu::start();
     let redis = RedisServer::start();
     let db = MariaDb::start();
-    let p = produce(&log, &kafka.brokers(), 0)
+    // 4 partitions over 2 workers: each worker reads two, one possibly far ahead of the other.
+    let p = produce_into(&log, &kafka.brokers(), 0, 4)
         .wait_with_output()
         .unwrap();
     assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
@@ -283,6 +283,51 @@ fn kafka_in_blacklist_topic_redis_and_mysql_out_agree_with_replay() {
         );
         assert!(keys.contains_key(&key), "{key} missing");
     }
+
+    // The admin UI's monitoring records (SPEC §3.1, §7).
+    let mut conn = redis.conn();
+    let dp: String = redis::cmd("GET")
+        .arg("CSANTI_MONITOR_DP_LAST")
+        .query(&mut conn)
+        .unwrap();
+    let dp: serde_json::Value = serde_json::from_str(&dp).unwrap();
+    for field in [
+        "endTime",
+        "applicationUniqueName",
+        "applicationId",
+        "sourceCount",
+        "costTime",
+        "countPerMillis",
+        "serversCountMap",
+    ] {
+        assert!(dp.get(field).is_some(), "{field} missing in {dp}");
+    }
+    let _: String = redis::cmd("GET")
+        .arg("CSANTI_MONITOR_QUERY_LAST")
+        .query(&mut conn)
+        .unwrap();
+    let lp: Vec<String> = redis::cmd("KEYS")
+        .arg("CSANTI_MONITOR_LP*")
+        .query(&mut conn)
+        .unwrap();
+    assert!(!lp.is_empty(), "no link statistics");
+    // Periods with traffic count requests per server_addr (an idle period has empty maps).
+    let records: Vec<serde_json::Value> = lp
+        .iter()
+        .map(|k| {
+            let v: String = redis::cmd("GET").arg(k).query(&mut conn).unwrap();
+            serde_json::from_str(&v).unwrap()
+        })
+        .collect();
+    let busy: u64 = records
+        .iter()
+        .flat_map(|v| v["serversCountMap"].as_object().unwrap().values())
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(busy > 0, "{records:?}");
+    assert!(records.iter().all(|v| v["activeNumMap"].is_object()));
+    let ttl: i64 = redis::cmd("TTL").arg(&lp[0]).query(&mut conn).unwrap();
+    assert!(ttl > 80_000, "monitor TTL {ttl}");
 
     // MySQL: every blacklisted IP inserted once, next to the seeded rows.
     let rows = db.sql_in("antispider", "SELECT ip_name FROM nh_ip_blacklist");

@@ -48,8 +48,8 @@ pub enum ChangeAction {
 /// both algorithms); a sink keeps what it needs. A `Remove` means the sample was re-scored
 /// (new model version, or late data changed it), never that it aged out of the live window.
 ///
-/// Hooks: the Kafka `service_anomalies` topic and the MySQL `cat_result_data` table are sinks
-/// to add in [`default_sinks`].
+/// The Kafka `service_anomalies` topic and the MySQL `cat_result_data` table are sinks too,
+/// added with [`AnomalyDriver::add_sink`].
 pub trait ResultSink: Send {
     fn change(&mut self, action: ChangeAction, r: &StoredResult) -> anyhow::Result<()>;
     fn flush(&mut self) -> anyhow::Result<()>;
@@ -115,11 +115,9 @@ impl ResultSink for JsonlSink {
     }
 }
 
-/// The sinks of the leader: `OUT/service_anomalies.jsonl`.
-///
-/// HOOK (Kafka): push a sink writing [`change_json`] of anomalous results to the
-/// `service_anomalies` topic. HOOK (MySQL): push a sink inserting every `Add` into
-/// `cat_result_data` (id, time, cluster, distance, score, anomaly, algorithm, model version).
+/// The file sink of the leader: `OUT/service_anomalies.jsonl`. The Kafka topic and the MySQL
+/// table are added by the engine with [`AnomalyDriver::add_sink`] (their sinks live with their
+/// connectors: `sink/kafka.rs`, `sink/mysql.rs`).
 pub fn default_sinks(cfg: &crate::config::Config) -> anyhow::Result<Vec<Box<dyn ResultSink>>> {
     let path = cfg.output.dir.join(ANOMALIES_FILE);
     Ok(vec![Box::new(JsonlSink::create(
@@ -281,6 +279,13 @@ fn completed(pipeline: &Pipeline) -> Time {
 }
 
 impl AnomalyDriver {
+    /// Adds a sink of result changes (only the leader has sinks; elsewhere this drops it).
+    pub fn add_sink(&mut self, sink: Box<dyn ResultSink>) {
+        if self.leader {
+            self.sinks.push(sink);
+        }
+    }
+
     /// Sets up the worker's service inputs; the leader also opens the replayed inputs and the
     /// sinks.
     pub fn new(

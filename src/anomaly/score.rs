@@ -106,16 +106,18 @@ pub fn score_samples<'s>(
     models: Coll<'s, ModelKey>,
     store: ModelStore,
 ) -> Coll<'s, ScoredRow> {
-    let by_app = sums.map(|((app, minute), s)| (app, (minute, s)));
-    let models = models.map(|(app, alg, ver)| (app, (alg, ver)));
-    by_app
-        .join(models)
-        .flat_map(move |(app, ((minute, (sum, count, fails)), (alg, ver)))| {
+    // Joined on the leader (worker 0), whose process holds `store` (see `wire::OnLeader`).
+    use super::wire::OnLeader;
+    let by_app = sums.map(|((app, minute), s)| (OnLeader(app), (minute, s)));
+    let models = models.map(|(app, alg, ver)| (OnLeader(app), (alg, ver)));
+    by_app.join(models).flat_map(
+        move |(OnLeader(app), ((minute, (sum, count, fails)), (alg, ver)))| {
             let model = store.get(&(app.clone(), alg, ver))?;
             let sample = ServiceSample::from_sums(&app, minute, sum, count, fails);
             let result = model.score_all(&[&sample]).ok()?.pop()?;
             Some(ScoredRow::from_result(&result))
-        })
+        },
+    )
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use differential_dataflow::input::InputSession;
 use differential_dataflow::operators::CountTotal;
+use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 use super::sample::{AppRules, BucketKey, BucketSums, ServiceSample, BUCKET_MS};
@@ -31,18 +32,32 @@ pub type Part = (String, u64, u64, u64, u64);
 /// Updates captured from the dataflow, shared by the workers of a process.
 pub type SharedCapture<D> = Arc<Mutex<Vec<(D, Time, isize)>>>;
 
-/// Per app per minute: the sum of the parts. A part with zero requests (an idle minute posted
-/// from outside) still makes a sample: the fourth component counts parts.
+/// A key that differential routes to worker 0 (the leader): the service part of the dataflow
+/// is small (one sample per app and minute), and the leader of the cluster holds the trained
+/// models and drains the captures, also when the workers are spread over several processes.
+/// (No `Hash`, so that this `Hashable` applies instead of the blanket one.)
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OnLeader<K>(pub K);
+
+impl<K> differential_dataflow::Hashable for OnLeader<K> {
+    type Output = u64;
+    fn hashed(&self) -> u64 {
+        0
+    }
+}
+
+/// Per app per minute: the sum of the parts, on the leader. A part with zero requests (an idle
+/// minute posted from outside) still makes a sample: the fourth component counts parts.
 pub fn service_sums<'s>(parts: Coll<'s, Part>) -> Coll<'s, (BucketKey, BucketSums)> {
     parts
         .explode(|(app, minute, us, n, fails)| {
             Some((
-                (app, minute),
+                OnLeader((app, minute)),
                 (us as isize, n as isize, fails as isize, 1isize),
             ))
         })
         .count_total()
-        .map(|(key, (sum, count, fails, _parts))| {
+        .map(|(OnLeader(key), (sum, count, fails, _parts))| {
             (
                 key,
                 (sum.max(0) as u64, count.max(0) as u64, fails.max(0) as u64),

@@ -223,3 +223,29 @@ pub fn produce_lines(
     }
     Ok(n)
 }
+
+/// Anomalous service results to the `service_anomalies` topic: the same JSON lines as
+/// `service_anomalies.jsonl` (an `add`, and a `remove` when a newer model re-scores the sample).
+pub struct AnomalyTopic {
+    pub sink: Arc<KafkaSink>,
+    pub utc_offset_minutes: i32,
+}
+
+impl crate::anomaly::driver::ResultSink for AnomalyTopic {
+    fn change(
+        &mut self,
+        action: crate::anomaly::driver::ChangeAction,
+        r: &crate::anomaly::hub::StoredResult,
+    ) -> anyhow::Result<()> {
+        if r.result.anomaly {
+            let line = crate::anomaly::driver::change_json(action, r, self.utc_offset_minutes);
+            self.sink
+                .send(Topic::ServiceAnomalies, &r.result.appid, line.as_bytes());
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

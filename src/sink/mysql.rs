@@ -326,3 +326,34 @@ async fn writer(opts: Opts, shared: Arc<Shared>) {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), pool.disconnect()).await;
 }
+
+/// Every service result (normal or anomalous, both algorithms) into `cat_result_data`, as the
+/// admin UI reads it; a re-scored sample gets the new model version's row.
+pub struct CatResultTable(pub Arc<MysqlBlacklistSink>);
+
+impl crate::anomaly::driver::ResultSink for CatResultTable {
+    fn change(
+        &mut self,
+        action: crate::anomaly::driver::ChangeAction,
+        r: &crate::anomaly::hub::StoredResult,
+    ) -> anyhow::Result<()> {
+        if action == crate::anomaly::driver::ChangeAction::Add {
+            let a = &r.result;
+            self.0.insert_cat_results(vec![CatResultRow {
+                appid: a.appid.clone(),
+                sample_time_ms: a.time_ms,
+                cluster: a.cluster.map(|c| c as i32),
+                distance: a.distance,
+                score: Some(a.score),
+                anomaly: a.anomaly,
+                algorithm: a.algorithm.name().to_string(),
+                model_version: a.model_version.to_string(),
+            }]);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

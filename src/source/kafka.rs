@@ -190,6 +190,14 @@ impl KafkaSource {
         p.max_ms = p.max_ms.max(t_ms);
     }
 
+    /// Per slot: true while the partition may deliver more now (not at its end).
+    pub fn active_slots(&self, out: &mut Vec<bool>) {
+        out.resize(self.parts.len().max(out.len()), true);
+        for (o, p) in out.iter_mut().zip(&self.parts) {
+            *o = !p.eof;
+        }
+    }
+
     /// Where every partition stands now.
     pub fn position(&self) -> Position {
         Position(self.parts.iter().map(|p| p.next).collect())
