@@ -98,6 +98,9 @@ pub struct WindowConfig {
     pub slide_ms: u64,
     /// Events whose tick is this far behind the newest tick seen are late (dead-lettered).
     pub allowed_lateness_ms: u64,
+    /// While the input is idle, event time follows the wall clock, held back by this much
+    /// (lines in transit, e.g. a Kafka fetch, must not find their ticks already closed).
+    pub idle_grace_ms: u64,
     /// `query` (SPEC default: processed Query requests) or `all` processed requests.
     pub input: WindowInput,
 }
@@ -115,6 +118,7 @@ impl Default for WindowConfig {
             length_ms: 300_000,
             slide_ms: 1_000,
             allowed_lateness_ms: 10_000,
+            idle_grace_ms: 500,
             input: WindowInput::Query,
         }
     }

@@ -676,6 +676,12 @@ fn worker_main(
         slot_active: Vec::new(),
         tally: shared.monitor.as_ref().map(|_| Default::default()),
     };
+    if let Some(Source::Kafka(k)) = source.as_ref() {
+        // Every partition holds time back until it has delivered (or reached its end), also
+        // within the first batch.
+        k.active_slots(&mut ingest.slot_active);
+        ingest.slot_max.resize(ingest.slot_active.len(), 0);
+    }
     let mut blacklisted = BTreeSet::new();
     let lateness = cfg.window.allowed_lateness_ms;
     let slide = cfg.window.slide_ms;
@@ -716,13 +722,22 @@ fn worker_main(
         let mut target = ingest.watermark().saturating_sub(lateness) / slide * slide;
         if status == Poll::Data {
             skew = Some(now_ms() - ingest.max_tick as i64);
-        } else if status == Poll::Idle {
+        } else if status == Poll::Idle && live {
+            // Live input: time passes while nothing arrives. A bounded input (a replay, a
+            // Kafka backfill) is history: its time moves only with its lines.
             if let Some(s) = skew {
-                let by_clock = (now_ms() - s).max(0) as u64;
+                let by_clock = (now_ms() - s - cfg.window.idle_grace_ms as i64).max(0) as u64;
                 target = target.max(by_clock.saturating_sub(lateness) / slide * slide);
             }
         }
-        if !reader || done_reading || (ingest.max_tick == 0 && status != Poll::Data) {
+        // Workers with nothing (more) to read follow the others. A Kafka worker whose
+        // partitions have not delivered yet must not: its lines would arrive late.
+        let nothing_to_read = match source.as_ref() {
+            Some(Source::Kafka(k)) => !k.has_partitions(),
+            Some(Source::File(_)) => ingest.max_tick == 0 && status != Poll::Data,
+            None => true,
+        };
+        if !reader || done_reading || nothing_to_read {
             target = target.max(shared.view.max_time());
         }
         pipeline.advance_to(target);

@@ -6,7 +6,11 @@
 //! a windowed line with a newer tick than any before). Two figures come out:
 //! - per tick: when every worker has written the decisions of ticks before `c`, each tick below
 //!   `c` is done; its latency is now − first seen. One sample per slide, whether or not the
-//!   tick changed the blacklist: what any decision would have waited.
+//!   tick changed the blacklist: what any decision would have waited. This includes waiting
+//!   for the tick to close (up to one slide: a tick is done only once a later tick arrives),
+//!   so it is the figure for the tick's *first* line;
+//! - per tick, from its *last* line: now − the first arrival of the next tick (a lower bound:
+//!   the tick's last line came just before it).
 //! - per decision: now − the first arrival of a tick at or after the decision's tick.
 //!
 //! Both are upper bounds for the line that caused a decision (it arrived no earlier than its
@@ -27,6 +31,7 @@ const MAX_SAMPLES: usize = 1_000_000;
 pub struct LatencyRecorder {
     first_seen: Mutex<BTreeMap<Time, Instant>>,
     ticks_us: Mutex<Vec<u64>>,
+    ticks_last_us: Mutex<Vec<u64>>,
     decisions_us: Mutex<Vec<u64>>,
 }
 
@@ -43,6 +48,8 @@ pub struct Percentiles {
 pub struct LatencySummary {
     /// Per completed tick: first line of the tick read → its decisions written.
     pub tick: Percentiles,
+    /// Per completed tick: (about) its last line read → its decisions written.
+    pub tick_last_line: Percentiles,
     /// Per blacklist decision written.
     pub decision: Percentiles,
 }
@@ -92,16 +99,24 @@ impl LatencyRecorder {
     /// Every worker has written the decisions of the ticks before `below` (call from one
     /// worker). `record` = false drops them unmeasured (ticks re-read after a restart).
     pub fn written_below(&self, below: Time, record: bool) {
-        let done: Vec<Instant> = match self.first_seen.lock() {
+        let (done, next): (Vec<Instant>, Option<Instant>) = match self.first_seen.lock() {
             Ok(mut m) => {
                 let rest = m.split_off(&below);
-                std::mem::replace(&mut *m, rest).into_values().collect()
+                let next = rest.values().next().copied();
+                (
+                    std::mem::replace(&mut *m, rest).into_values().collect(),
+                    next,
+                )
             }
             Err(_) => return,
         };
         if record {
-            for i in done {
+            for (k, i) in done.iter().enumerate() {
                 push(&self.ticks_us, i.elapsed().as_micros() as u64);
+                // The next tick's first line marks the end of this tick's lines.
+                if let Some(n) = done.get(k + 1).copied().or(next) {
+                    push(&self.ticks_last_us, n.elapsed().as_micros() as u64);
+                }
             }
         }
     }
@@ -110,6 +125,7 @@ impl LatencyRecorder {
         let take = |v: &Mutex<Vec<u64>>| v.lock().map(|v| v.clone()).unwrap_or_default();
         LatencySummary {
             tick: percentiles(take(&self.ticks_us)),
+            tick_last_line: percentiles(take(&self.ticks_last_us)),
             decision: percentiles(take(&self.decisions_us)),
         }
     }

@@ -613,11 +613,14 @@ fn print_summary(s: &Summary, json: bool) {
     let l = &s.latency;
     if l.tick.samples > 0 {
         eprintln!(
-            "latency line read → decisions written: per tick p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms ({} ticks); per decision p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms ({} decisions)",
+            "latency line read → decisions written: from a tick's first line p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms ({} ticks); from its last line p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms; per decision (from its tick's first line) p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms ({} decisions)",
             l.tick.p50_ms,
             l.tick.p99_ms,
             l.tick.max_ms,
             l.tick.samples,
+            l.tick_last_line.p50_ms,
+            l.tick_last_line.p99_ms,
+            l.tick_last_line.max_ms,
             l.decision.p50_ms,
             l.decision.p99_ms,
             l.decision.max_ms,

@@ -84,7 +84,7 @@ fn replay_adds(dir: &Path, log: &Path) -> BTreeSet<(String, String, String)> {
     )
 }
 
-/// Every message of partition 0 of `topic`, from the beginning to the end.
+/// Every message of `topic` (all partitions), from the beginning to the end.
 fn read_topic(brokers: &str, topic: &str) -> Vec<String> {
     // Read up to the end-of-partition signal: Tansu 0.6 reports a stale high watermark for
     // ListOffsets (the base offset of the last batch), so fetch_watermarks would stop early.
@@ -95,10 +95,20 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<String> {
         .set("enable.partition.eof", "true")
         .create()
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
+    let partitions = md.topics()[0].partitions().len();
+    if partitions == 0 {
+        return Vec::new(); // not created yet
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .unwrap();
+    }
     c.assign(&tpl).unwrap();
+    let mut at_end = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -109,7 +119,12 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<String> {
         );
         match c.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => out.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap()),
-            Some(Err(KafkaError::PartitionEOF(_))) => return out,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                if at_end.len() == partitions {
+                    return out;
+                }
+            }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => {}
         }
@@ -230,9 +245,26 @@ fn kafka_in_blacklist_topic_redis_and_mysql_out_agree_with_replay() {
     assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
     let seeded = db.sql_in("antispider", "SELECT ip_name FROM nh_ip_blacklist");
 
-    let config = write_config(dir.path(), "e2e");
+    // The shipped production config, pointed at the test's servers from the environment.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/kafka.toml");
+    let shipped = |c: &mut Command| {
+        servers_env(c, &redis, &db, dir.path());
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("ANTISPIDER__KAFKA__GROUP_ID", "e2e")
+            .env(
+                "ANTISPIDER__KAFKA__SOURCE_TOPICS",
+                r#"[{ name = "logs", format = "cs" }]"#,
+            )
+            .env("ANTISPIDER__KAFKA__COMMIT_INTERVAL_MS", "200")
+            .env(
+                "ANTISPIDER__OUTPUT__DIR",
+                dir.path().join("engine-out").to_str().unwrap(),
+            )
+            .env("ANTISPIDER__ENGINE__BATCH_LINES", "8192")
+            .env("ANTISPIDER__MYSQL__RULES", "true");
+    };
     let mut run = engine(&config, &kafka.brokers(), true);
-    servers_env(&mut run, &redis, &db, dir.path());
+    shipped(&mut run);
     let out = run.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "engine failed:\n{stderr}");
@@ -344,7 +376,7 @@ fn kafka_in_blacklist_topic_redis_and_mysql_out_agree_with_replay() {
     // A second run of the same group has nothing new: it rebuilds the window from the
     // committed replay position and writes no decision again.
     let mut again = engine(&config, &kafka.brokers(), true);
-    servers_env(&mut again, &redis, &db, dir.path());
+    shipped(&mut again);
     let again = again.output().unwrap();
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");

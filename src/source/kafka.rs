@@ -40,12 +40,22 @@ struct Partition {
     started_at: i64,
     /// High watermark at start-up, for `stop_at_end`.
     end: i64,
-    /// The broker said there is nothing after `next` (reset by the next message).
-    eof: bool,
+    /// Since when the broker has said there is nothing after `next` (reset by a message).
+    eof: Option<Instant>,
     /// Newest event time seen (ms).
     max_ms: u64,
     /// (newest event time of all messages before `offset`, offset), oldest first.
     checkpoints: VecDeque<(u64, i64)>,
+}
+
+/// How long a partition must stay at its end before it counts as caught up: some brokers
+/// (Tansu 0.6) signal the end at a stale high watermark while more messages follow at once.
+const SETTLE: Duration = Duration::from_millis(500);
+
+impl Partition {
+    fn settled_at_end(&self) -> bool {
+        self.eof.is_some_and(|t| t.elapsed() >= SETTLE)
+    }
 }
 
 /// Where each partition stands, to commit later.
@@ -85,6 +95,15 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
+            // A broker holds a fetch up to this long waiting for data (librdkafka's default
+            // is 500 ms, which would add up to that much to every decision); `client` may
+            // set another value.
+            .set(
+                "fetch.wait.max.ms",
+                cfg.client
+                    .get("fetch.wait.max.ms")
+                    .map_or("20", String::as_str),
+            )
             .set(
                 "auto.offset.reset",
                 match cfg.start {
@@ -157,7 +176,7 @@ impl KafkaSource {
                 resume,
                 started_at: start,
                 end: high,
-                eof: false,
+                eof: None,
                 max_ms: 0,
                 checkpoints: VecDeque::new(),
             });
@@ -190,11 +209,16 @@ impl KafkaSource {
         p.max_ms = p.max_ms.max(t_ms);
     }
 
+    /// Whether this worker was given any partition.
+    pub fn has_partitions(&self) -> bool {
+        !self.parts.is_empty()
+    }
+
     /// Per slot: true while the partition may deliver more now (not at its end).
     pub fn active_slots(&self, out: &mut Vec<bool>) {
         out.resize(self.parts.len().max(out.len()), true);
         for (o, p) in out.iter_mut().zip(&self.parts) {
-            *o = !p.eof;
+            *o = !p.settled_at_end();
         }
     }
 
@@ -260,7 +284,11 @@ impl KafkaSource {
     fn at_end(&self) -> bool {
         // Both: the watermark read at start-up, and the broker's end-of-partition signal (some
         // brokers report a stale watermark while a produce is settling).
-        self.stop_at_end && self.parts.iter().all(|p| p.eof && p.next >= p.end)
+        self.stop_at_end
+            && self
+                .parts
+                .iter()
+                .all(|p| p.settled_at_end() && p.next >= p.end)
     }
 }
 
@@ -319,7 +347,9 @@ impl LineSource for KafkaSource {
                     // The error names no topic: with several topics, mark the partition of
                     // every topic whose position is at or past its start-up end.
                     for p in self.parts.iter_mut().filter(|p| p.partition == partition) {
-                        p.eof = p.next >= p.end;
+                        if p.next >= p.end {
+                            p.eof.get_or_insert_with(Instant::now);
+                        }
                     }
                     continue;
                 }
@@ -338,7 +368,7 @@ impl LineSource for KafkaSource {
             let p = &mut self.parts[slot];
             let offset = msg.offset();
             p.next = offset + 1;
-            p.eof = false;
+            p.eof = None;
             buf.push(RawLine {
                 no: offset as u64,
                 bytes: msg.payload().unwrap_or_default().to_vec(),
