@@ -521,16 +521,7 @@ impl RedisSink {
 
     /// Waits until nothing is pending (true) or `timeout` passes (false).
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.stats().pending == 0 {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        super::wait_until(timeout, || self.stats().pending == 0)
     }
 }
 
