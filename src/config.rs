@@ -374,7 +374,10 @@ pub struct MysqlConfig {
     pub rules: bool,
     /// Insert blacklisted IPs into `nh_ip_blacklist` (insert-once).
     pub blacklist: bool,
-    /// How often the change flags are checked, in ms.
+    /// Read operator feedback on service samples from `cat_feedback` (all rows at start, then
+    /// new rows every `poll_interval_ms`), see `anomaly::feedback`.
+    pub feedback: bool,
+    /// How often the change flags (and new `cat_feedback` rows) are checked, in ms.
     pub poll_interval_ms: u64,
     /// Rows kept while MySQL is unreachable.
     pub buffer_limit: usize,
@@ -387,6 +390,7 @@ impl Default for MysqlConfig {
             password_env: "ANTISPIDER_MYSQL_PASSWORD".into(),
             rules: false,
             blacklist: false,
+            feedback: false,
             poll_interval_ms: 1000,
             buffer_limit: 100_000,
         }

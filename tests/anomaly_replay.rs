@@ -7,7 +7,8 @@
 //! marked anomalous 30 minutes after the episode ended). Only *out-of-sample* results count:
 //! adds whose model was trained before the sample's minute (a model re-scoring the live
 //! samples it was trained on does not count as a detection). Days 2–4 are scored (models
-//! trained on a full 48 h window). The figures are printed; BENCHMARKS.md quotes them.
+//! trained on a full 48 h window). Both algorithms must find at least 0.9 of the episodes with
+//! at most 1 % false-positive samples. The figures are printed; BENCHMARKS.md quotes them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -24,8 +25,28 @@ fn bin() -> Command {
     c
 }
 
-#[test]
-fn replay_of_generated_service_samples_finds_the_episodes() {
+/// Per algorithm: episodes, detected episodes, non-episode samples, false positives, and the
+/// printed report.
+struct Figures {
+    episodes: usize,
+    detected: usize,
+    normal: usize,
+    false_pos: usize,
+}
+
+impl Figures {
+    fn recall(&self) -> f64 {
+        self.detected as f64 / self.episodes.max(1) as f64
+    }
+    fn fp_rate(&self) -> f64 {
+        self.false_pos as f64 / self.normal.max(1) as f64
+    }
+}
+
+/// Generates five days (seed 1), replays them with `config` (and whatever `ANTISPIDER__…`
+/// overrides the environment holds) and the simulated feedback, and measures the out-of-sample
+/// results of both algorithms.
+fn replay_and_measure(config: &str) -> (BTreeMap<&'static str, Figures>, String) {
     let dir = tempfile::tempdir().unwrap();
     let samples = dir.path().join("service.jsonl");
     let o = bin()
@@ -45,7 +66,7 @@ fn replay_of_generated_service_samples_finds_the_episodes() {
     let out = dir.path().join("out");
     let o = bin()
         .arg("replay")
-        .args(["--config", "dataflows/service.toml", "--service-samples"])
+        .args(["--config", config, "--service-samples"])
         .arg(&samples)
         .arg("--feedback")
         .arg(&feedback)
@@ -92,8 +113,10 @@ fn replay_of_generated_service_samples_finds_the_episodes() {
     assert!(lines > 0);
 
     let mut report = String::new();
+    let mut figures = BTreeMap::new();
     for alg in ["kmeans", "random_forest"] {
-        let f = &flagged[alg];
+        let none = BTreeSet::new();
+        let f = flagged.get(alg).unwrap_or(&none);
         let (mut normal, mut fp) = (0usize, 0usize);
         for s in traffic.samples.iter().filter(|s| s.time_ms >= scored_from) {
             if traffic.episode_of(s).is_none() {
@@ -114,15 +137,32 @@ fn replay_of_generated_service_samples_finds_the_episodes() {
                 .filter(|(a, t)| *a == e.appid && *t >= e.start_ms && *t < e.end_ms)
                 .map(|(_, t)| *t)
                 .min();
-            if let Some(t) = first {
-                k.1 += 1;
-                k.2.push((t - e.start_ms) / 60_000);
+            match first {
+                Some(t) => {
+                    k.1 += 1;
+                    k.2.push((t - e.start_ms) / 60_000);
+                }
+                None => {
+                    let minute = (e.start_ms / 60_000).rem_euclid(1440);
+                    report.push_str(&format!(
+                        "{alg:<14} missed {} of app {} at {:02}:{:02} UTC, {} min, magnitude {:.3}\n",
+                        e.kind.name(),
+                        e.appid,
+                        minute / 60,
+                        minute % 60,
+                        (e.end_ms - e.start_ms) / 60_000,
+                        e.magnitude
+                    ));
+                }
             }
         }
-        let episodes: usize = per_kind.values().map(|k| k.0).sum();
-        let detected: usize = per_kind.values().map(|k| k.1).sum();
-        let recall = detected as f64 / episodes as f64;
-        let fp_rate = fp as f64 / normal as f64;
+        let fig = Figures {
+            episodes: per_kind.values().map(|k| k.0).sum(),
+            detected: per_kind.values().map(|k| k.1).sum(),
+            normal,
+            false_pos: fp,
+        };
+        let all_delays: Vec<i64> = per_kind.values().flat_map(|k| k.2.clone()).collect();
         for (kind, (n, d, delays)) in &per_kind {
             let mean = delays.iter().sum::<i64>() as f64 / delays.len().max(1) as f64;
             report.push_str(&format!(
@@ -133,17 +173,64 @@ fn replay_of_generated_service_samples_finds_the_episodes() {
             ));
         }
         report.push_str(&format!(
-            "{alg:<14} all episodes   {detected}/{episodes} recall {recall:.3}  false positives {fp}/{normal} = {:.2} %\n",
-            100.0 * fp_rate
+            "{alg:<14} all episodes   {}/{} recall {:.3}  mean delay {:.1} min  max {} min  false positives {fp}/{normal} = {:.2} %\n",
+            fig.detected,
+            fig.episodes,
+            fig.recall(),
+            all_delays.iter().sum::<i64>() as f64 / all_delays.len().max(1) as f64,
+            all_delays.iter().max().copied().unwrap_or(-1),
+            100.0 * fig.fp_rate()
         ));
-        assert!(fp_rate <= 0.01, "{alg}: fp rate {fp_rate}\n{report}");
-        let min_recall = if alg == "kmeans" { 0.9 } else { 0.85 };
+        figures.insert(alg, fig);
+    }
+    (figures, report)
+}
+
+/// The bar of issue 4, for both algorithms, with the shipped `dataflows/service.toml`: at least
+/// 0.9 of the episodes found, at most 1 % of the non-episode samples flagged.
+#[test]
+fn replay_of_generated_service_samples_finds_the_episodes() {
+    let (figures, report) = replay_and_measure("dataflows/service.toml");
+    eprintln!("{report}");
+    assert_eq!(figures.len(), 2);
+    for (alg, f) in &figures {
+        assert_eq!(f.episodes, 72, "{alg}\n{report}");
         assert!(
-            recall >= min_recall,
-            "{alg}: recall {recall} < {min_recall}\n{report}"
+            f.fp_rate() <= 0.01,
+            "{alg}: false-positive rate {} > 1 %\n{report}",
+            f.fp_rate()
+        );
+        assert!(
+            f.recall() >= 0.9,
+            "{alg}: episode recall {} < 0.9\n{report}",
+            f.recall()
         );
     }
-    eprintln!("{report}");
+}
+
+/// The same measurement with another config (`ANOMALY_REPLAY_CONFIG`, default: the built-in
+/// defaults of SPEC §6) and any `ANTISPIDER__ANOMALY__…` overrides in the environment, for the
+/// comparison tables of BENCHMARKS.md. It prints the figures; the bar is the test above.
+///
+/// ```sh
+/// ANOMALY_REPLAY_CONFIG=dataflows/service.toml ANTISPIDER__ANOMALY__FEATURES__SEASONAL=false \
+///     cargo test --test anomaly_replay -- --ignored --nocapture
+/// ```
+#[test]
+#[ignore = "measurement for BENCHMARKS.md; run with --ignored"]
+fn replay_figures_of_another_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = match std::env::var("ANOMALY_REPLAY_CONFIG") {
+        Ok(c) => c,
+        Err(_) => {
+            let p = dir.path().join("defaults.toml");
+            std::fs::write(&p, "[anomaly]\n").unwrap();
+            p.display().to_string()
+        }
+    };
+    let (figures, report) = replay_and_measure(&config);
+    eprintln!("config {config}\n{report}");
+    assert_eq!(figures.len(), 2);
 }
 
 #[test]

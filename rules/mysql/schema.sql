@@ -150,15 +150,20 @@ CREATE TABLE IF NOT EXISTS cat_result_data (
   KEY idx_app_time (appid, sample_time_ms)
 ) DEFAULT CHARSET = utf8mb4;
 
--- Operator feedback on samples ("this was normal" / "this was an anomaly"), used as labels
--- for the random forest.
+-- Operator feedback on samples ("this was normal" / "this was an anomaly"): labels for the
+-- random forest (SPEC §6), read by the engine when `[mysql] feedback = true`
+-- (src/anomaly/feedback.rs): all rows at start, then every `poll_interval_ms` the rows with a
+-- higher id. Append-only: to change a verdict insert a new row for the same sample (the
+-- highest id wins). sample_time_ms is any epoch millisecond inside the sample's minute;
+-- label is 'normal' or 'anomalous' ('anomaly' and 'abnormal' are accepted too). Rows the
+-- engine cannot use go to OUT/feedback_deadletter.jsonl with the reason.
 CREATE TABLE IF NOT EXISTS cat_feedback (
-  id             BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
-  appid          VARCHAR(128) NOT NULL,
-  sample_time_ms BIGINT       NOT NULL,
-  is_anomaly     TINYINT(1)   NOT NULL,
+  id             BIGINT        NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  appid          VARCHAR(128)  NOT NULL,
+  sample_time_ms BIGINT        NOT NULL,
+  label          VARCHAR(16)   NOT NULL,
   note           VARCHAR(1024) NULL,
-  created_by     VARCHAR(64)  NULL,
-  created_at     TIMESTAMP    NOT NULL DEFAULT CURRENT_TIMESTAMP,
-  UNIQUE KEY uk_feedback (appid, sample_time_ms)
+  created_by     VARCHAR(64)   NULL,
+  created_at     TIMESTAMP     NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  KEY idx_sample (appid, sample_time_ms)
 ) DEFAULT CHARSET = utf8mb4;

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{FeatureSpec, ForestConfig, KMeansConfig, RetrainSchedule, TimeOfDay};
+use super::model::{FeatureSpec, ForestConfig, KMeansConfig, RetrainSchedule, Seasonal, TimeOfDay};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -93,6 +93,9 @@ pub struct ForestSettings {
     pub seed: u64,
     /// P(anomaly) above which a sample is flagged.
     pub threshold: f64,
+    /// Minutes operators take to review a sample: younger training samples without feedback
+    /// are left out of the forest's training set.
+    pub review_delay_minutes: u64,
 }
 
 impl Default for ForestSettings {
@@ -104,6 +107,7 @@ impl Default for ForestSettings {
             min_samples_leaf: d.min_samples_leaf,
             seed: d.seed,
             threshold: d.threshold,
+            review_delay_minutes: (d.review_delay_ms / 60_000) as u64,
         }
     }
 }
@@ -118,6 +122,14 @@ pub struct FeatureSettings {
     pub time_of_day_weight: Option<f64>,
     /// Uses `ln(1 + request_count)`.
     pub log_count: bool,
+    /// Adds the deviations of `ln(1 + request_count)` and `ln(response_time)` from the app's
+    /// daily profile (fitted per model on its normal training samples; local time offset
+    /// `schedule.utc_offset_minutes`).
+    pub seasonal: bool,
+    /// Daily harmonics of the profile (default 2).
+    pub seasonal_harmonics: Option<usize>,
+    /// Weight of the two seasonal features (default 1).
+    pub seasonal_weight: Option<f64>,
 }
 
 impl AnomalyConfig {
@@ -136,6 +148,11 @@ impl AnomalyConfig {
                 utc_offset_minutes: self.schedule.utc_offset_minutes,
             }),
             log_count: self.features.log_count,
+            seasonal: self.features.seasonal.then(|| Seasonal {
+                utc_offset_minutes: self.schedule.utc_offset_minutes,
+                harmonics: self.features.seasonal_harmonics.unwrap_or(2),
+                weight: self.features.seasonal_weight.unwrap_or(1.0),
+            }),
         }
     }
 
@@ -158,6 +175,7 @@ impl AnomalyConfig {
             seed: self.forest.seed,
             threshold: self.forest.threshold,
             window_ms: self.window_ms(),
+            review_delay_ms: self.forest.review_delay_minutes as i64 * 60_000,
             features: self.feature_spec(),
         }
     }
@@ -177,6 +195,9 @@ impl AnomalyConfig {
         }
         if self.forest.n_trees == 0 {
             return Err("anomaly.forest.n_trees must be at least 1".into());
+        }
+        if self.features.seasonal_harmonics.is_some_and(|h| h > 12) {
+            return Err("anomaly.features.seasonal_harmonics must be at most 12".into());
         }
         if self.live_minutes == 0 {
             return Err("anomaly.live_minutes must be at least 1".into());
@@ -203,6 +224,17 @@ mod tests {
         assert_eq!(c.window_ms(), 48 * 3_600_000);
         assert!(c.feature_spec().time_of_day.is_some());
         assert!(toml::from_str::<AnomalyConfig>("kmeans = { kk = 1 }").is_err());
+        // The daily-profile features take the schedule's UTC offset; the forest's review
+        // delay is an hour unless set.
+        let c: AnomalyConfig = toml::from_str(
+            "features = { seasonal = true }\nschedule = { utc_offset_minutes = 480 }\n",
+        )
+        .unwrap();
+        let s = c.feature_spec().seasonal.unwrap();
+        assert_eq!((s.utc_offset_minutes, s.harmonics, s.weight), (480, 2, 1.0));
+        assert_eq!(c.forest_config().review_delay_ms, 3_600_000);
+        let c: AnomalyConfig = toml::from_str("forest = { review_delay_minutes = 0 }").unwrap();
+        assert_eq!(c.forest_config().review_delay_ms, 0);
         let bad = AnomalyConfig {
             kmeans: KMeansSettings {
                 quantile: 1.5,

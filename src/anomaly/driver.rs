@@ -4,6 +4,9 @@
 //! *leader* (worker 0) also:
 //! - feeds external samples (a replayed `cat_resource` JSON-lines file, samples posted to the
 //!   API) into the dataflow;
+//! - applies operator feedback (a replayed feedback file; the API and, with `[mysql] feedback
+//!   = true`, the MySQL table `cat_feedback`, both through the hub's feedback inbox) to the
+//!   training labels, and retrains the forest of an app that got feedback;
 //! - drains the captured samples and results whose time the dataflow has completed: samples
 //!   into the training history, results into the [`ResultStore`] of the API and into the
 //!   [`ResultSink`]s (`OUT/service_anomalies.jsonl`; Kafka and MySQL plug in here);
@@ -21,6 +24,9 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::config::AnomalyConfig;
+use super::feedback::{
+    FeedbackReaderStats, MysqlFeedbackReader, FEEDBACK_DEADLETTER_FILE, FEEDBACK_TABLE,
+};
 use super::hub::{AnomalyHub, FeedbackItem, RetrainRequest, StoredResult};
 use super::model::{Algorithm, Feedback, ForestModel, KMeansModel, Model};
 use super::normal::NormalRule;
@@ -126,6 +132,28 @@ pub fn default_sinks(cfg: &crate::config::Config) -> anyhow::Result<Vec<Box<dyn 
     )?)])
 }
 
+/// How long start-up waits for the first read of `cat_feedback` (then it goes on, and the
+/// reader keeps trying in the background).
+const FEEDBACK_FIRST_LOAD: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Starts the `cat_feedback` reader and waits (up to [`FEEDBACK_FIRST_LOAD`]) until the rows
+/// already in the table are in the hub, so that the first models are trained with them.
+fn start_feedback_reader(
+    cfg: &crate::config::Config,
+    hub: &Arc<AnomalyHub>,
+) -> anyhow::Result<MysqlFeedbackReader> {
+    let masker = crate::dataprocess::Masker::new(cfg.masking.mode, &cfg.mask_secret());
+    let path = cfg.output.dir.join(FEEDBACK_DEADLETTER_FILE);
+    let reader = MysqlFeedbackReader::start(&cfg.mysql, hub.clone(), &path, masker)?;
+    if !reader.wait_loaded(FEEDBACK_FIRST_LOAD) {
+        tracing::error!(
+            "MySQL gave no {FEEDBACK_TABLE} rows within {} s: starting without them; they apply when MySQL answers",
+            FEEDBACK_FIRST_LOAD.as_secs()
+        );
+    }
+    Ok(reader)
+}
+
 /// Per app and algorithm: what the run found (printed at the end of a replay).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AppSummary {
@@ -143,6 +171,8 @@ pub struct ServiceSummary {
     pub bad_samples: u64,
     pub models_trained: u64,
     pub apps: BTreeMap<String, BTreeMap<String, AppSummary>>,
+    /// The `cat_feedback` reader, when `[mysql] feedback = true`.
+    pub mysql_feedback: Option<FeedbackReaderStats>,
 }
 
 impl ServiceSummary {
@@ -152,6 +182,16 @@ impl ServiceSummary {
             "service samples {} (bad {})  models trained {}\n",
             self.samples_in, self.bad_samples, self.models_trained
         );
+        if let Some(f) = &self.mysql_feedback {
+            s.push_str(&format!(
+                "feedback from MySQL {FEEDBACK_TABLE}: rows {}  applied {}  superseded {}  dead-lettered {}{}\n",
+                f.rows,
+                f.applied,
+                f.superseded,
+                f.dead_lettered,
+                if f.loaded { "" } else { "  (never read: MySQL unreachable)" }
+            ));
+        }
         for (app, algs) in &self.apps {
             for (alg, a) in algs {
                 let first: Vec<String> = a
@@ -259,6 +299,8 @@ pub struct AnomalyDriver {
     seen: BTreeSet<(String, Algorithm, i64)>,
     flagged: BTreeSet<(String, Algorithm, i64)>,
     idle: bool,
+    /// The leader's `cat_feedback` reader (`[mysql] feedback = true`).
+    mysql_feedback: Option<MysqlFeedbackReader>,
 }
 
 /// Takes the captured updates of times before `done`.
@@ -328,6 +370,7 @@ impl AnomalyDriver {
             seen: BTreeSet::new(),
             flagged: BTreeSet::new(),
             idle: false,
+            mysql_feedback: None,
             cfg: a,
         };
         if leader && d.cfg.enabled {
@@ -338,6 +381,9 @@ impl AnomalyDriver {
                 d.load_feedback(&p)?;
             }
             d.sinks = default_sinks(cfg)?;
+            if cfg.mysql.feedback {
+                d.mysql_feedback = Some(start_feedback_reader(cfg, &d.hub)?);
+            }
         }
         Ok(d)
     }
@@ -733,6 +779,7 @@ impl AnomalyDriver {
         for s in &mut self.sinks {
             s.flush()?;
         }
+        self.summary.mysql_feedback = self.mysql_feedback.as_ref().map(|r| r.stats());
         *self.hub.summary.lock().expect("summary") = Some(self.summary.clone());
         Ok(())
     }

@@ -12,10 +12,12 @@
 //! - [`wire`]: the service part of the one dataflow (sample parts and model keys in, samples
 //!   and scored rows captured out);
 //! - [`hub`]: the result store and inboxes shared with the HTTP API;
+//! - [`feedback`]: operator feedback from the MySQL table `cat_feedback`;
 //! - [`driver`]: per worker, feeds samples, trains and installs models, drains the results.
 
 pub mod config;
 pub mod driver;
+pub mod feedback;
 pub mod gen;
 pub mod hub;
 pub mod model;

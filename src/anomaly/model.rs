@@ -10,9 +10,16 @@
 //! sample is anomalous when its distance to the nearest centroid exceeds the `quantile`
 //! (default 0.99) of the training distances; its score is `distance / threshold`.
 //!
+//! Optional features (`FeatureSpec`): the time of day, log request counts, and the deviations
+//! from the app's daily profile ([`DailyProfile`], fitted per model on its normal training
+//! samples).
+//!
 //! The random forest is trained on *all* samples of the range, labelled by the normal rule
-//! with operator feedback overriding, and reports P(anomaly) as the share of trees voting
-//! "anomaly". smartcore's `RandomForestClassifier` only exposes the majority vote, so the
+//! with operator feedback overriding — except the samples younger than the review delay
+//! (`review_delay_ms`, 1 h by default) that have no feedback yet: their only label would be
+//! the rule's "normal", which for an anomaly the operators have not flagged *yet* is wrong, and
+//! a forest learns such a mislabelled episode as a normal region. It reports P(anomaly) as the
+//! share of trees voting "anomaly". smartcore's `RandomForestClassifier` only exposes the majority vote, so the
 //! forest is built as `n_trees` one-tree smartcore forests with seeds `seed, seed+1, …` (each
 //! one a bootstrap sample and a random-feature tree, exactly a random forest's member).
 
@@ -62,11 +69,168 @@ pub struct FeatureSpec {
     /// the same at night as at the daily peak (off by default).
     #[serde(default)]
     pub log_count: bool,
+    /// Adds the deviations of the sample from the app's daily profile (see [`DailyProfile`]).
+    #[serde(default)]
+    pub seasonal: Option<Seasonal>,
+}
+
+/// Settings of the daily-profile features.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Seasonal {
+    /// Offset of the app's local time from UTC, in minutes.
+    #[serde(default)]
+    pub utc_offset_minutes: i64,
+    /// Number of daily harmonics of the profile (1 = one sine a day).
+    #[serde(default = "default_harmonics")]
+    pub harmonics: usize,
+    /// Weight of the two features after standardisation (1 = as much as a base feature).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+fn default_harmonics() -> usize {
+    2
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+impl Default for Seasonal {
+    fn default() -> Self {
+        Seasonal {
+            utc_offset_minutes: 0,
+            harmonics: default_harmonics(),
+            weight: default_weight(),
+        }
+    }
+}
+
+/// Response times are compared on a log scale from this floor (1 ms), so that an idle minute
+/// (response time 0) stays finite.
+const RT_FLOOR: f64 = 1e-3;
+
+/// The daily profile of an app's normal traffic: least-squares fits of `ln(1 + request_count)`
+/// and `ln(response_time + 1 ms)` on a Fourier basis of the local minute of day (`1, sin kθ,
+/// cos kθ` for `k = 1..=harmonics`), over the training samples labelled normal.
+///
+/// Its features are the deviations of a sample from the profile at the sample's minute of day
+/// (log ratios: `-1.6` is a fifth of the usual traffic, `+1.1` three times the usual response
+/// time). They let a model see a drop at the daily peak or a surge at night directly, on one
+/// axis, instead of as an unusual *combination* of count and time of day — which a model can
+/// only learn for the times of day where it has seen such an anomaly before.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DailyProfile {
+    pub utc_offset_minutes: i64,
+    pub harmonics: usize,
+    pub count: Vec<f64>,
+    pub rt: Vec<f64>,
+}
+
+impl DailyProfile {
+    fn basis(&self, time_ms: i64) -> Vec<f64> {
+        let minute = (time_ms / 60_000 + self.utc_offset_minutes).rem_euclid(1440);
+        let angle = std::f64::consts::TAU * minute as f64 / 1440.0;
+        let mut b = Vec::with_capacity(1 + 2 * self.harmonics);
+        b.push(1.0);
+        for k in 1..=self.harmonics {
+            let a = angle * k as f64;
+            b.extend([a.sin(), a.cos()]);
+        }
+        b
+    }
+
+    fn targets(s: &ServiceSample) -> [f64; 2] {
+        [
+            (s.request_count as f64).ln_1p(),
+            (s.response_time + RT_FLOOR).ln(),
+        ]
+    }
+
+    /// Fits the profile on `samples` (the normal ones of a training set). With fewer samples
+    /// than twice the basis, only the means are fitted; without any, the profile is flat at 0.
+    pub fn fit(spec: &Seasonal, samples: &[&ServiceSample]) -> Self {
+        let mut p = DailyProfile {
+            utc_offset_minutes: spec.utc_offset_minutes,
+            harmonics: spec.harmonics,
+            count: Vec::new(),
+            rt: Vec::new(),
+        };
+        let nb = 1 + 2 * spec.harmonics;
+        if samples.len() < 2 * nb {
+            p.harmonics = 0;
+        }
+        let nb = 1 + 2 * p.harmonics;
+        let mut xtx = vec![vec![0.0; nb]; nb];
+        let mut xty = [vec![0.0; nb], vec![0.0; nb]];
+        for s in samples {
+            let b = p.basis(s.time_ms);
+            let y = Self::targets(s);
+            for i in 0..nb {
+                for j in 0..nb {
+                    xtx[i][j] += b[i] * b[j];
+                }
+                for (t, yt) in y.iter().enumerate() {
+                    xty[t][i] += b[i] * yt;
+                }
+            }
+        }
+        // A touch of ridge keeps the system regular when the samples cover little of the day.
+        let ridge = 1e-6 * samples.len().max(1) as f64;
+        for (i, row) in xtx.iter_mut().enumerate() {
+            row[i] += ridge;
+        }
+        let [yc, yr] = xty;
+        p.count = solve(xtx.clone(), yc);
+        p.rt = solve(xtx, yr);
+        p
+    }
+
+    /// The deviations of `s` from the profile: `[count, response time]`, as log ratios.
+    pub fn deviations(&self, s: &ServiceSample) -> [f64; 2] {
+        let b = self.basis(s.time_ms);
+        let dot = |c: &[f64]| c.iter().zip(&b).map(|(c, b)| c * b).sum::<f64>();
+        let [c, r] = Self::targets(s);
+        [c - dot(&self.count), r - dot(&self.rt)]
+    }
+}
+
+/// Solves `a x = b` (Gaussian elimination with partial pivoting); a singular column gives 0.
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
+    let n = b.len();
+    for col in 0..n {
+        let pivot = (col..n)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .unwrap_or(col);
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        if a[col][col].abs() < 1e-12 {
+            continue;
+        }
+        for row in col + 1..n {
+            let f = a[row][col] / a[col][col];
+            let (top, bottom) = a.split_at_mut(row);
+            for (x, p) in bottom[0][col..].iter_mut().zip(&top[col][col..]) {
+                *x -= f * p;
+            }
+            b[row] -= f * b[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for col in (0..n).rev() {
+        if a[col][col].abs() < 1e-12 {
+            continue;
+        }
+        let s: f64 = (col + 1..n).map(|k| a[col][k] * x[k]).sum();
+        x[col] = (b[col] - s) / a[col][col];
+    }
+    x
 }
 
 impl FeatureSpec {
-    /// The raw features of `s`.
-    pub fn raw(&self, s: &ServiceSample) -> Features {
+    /// The raw features of `s`; `profile` is the model's daily profile (required for the
+    /// seasonal features, ignored otherwise).
+    pub fn raw(&self, s: &ServiceSample, profile: Option<&DailyProfile>) -> Features {
         let mut f = features(s);
         if self.log_count {
             f[1] = f[1].ln_1p();
@@ -76,7 +240,15 @@ impl FeatureSpec {
             let angle = std::f64::consts::TAU * minute as f64 / 1440.0;
             f.extend([angle.sin(), angle.cos()]);
         }
+        if self.seasonal.is_some() {
+            f.extend(profile.map_or([0.0; 2], |p| p.deviations(s)));
+        }
         f
+    }
+
+    /// The daily profile of a model with this spec, fitted on its normal training samples.
+    pub fn profile(&self, normal: &[&ServiceSample]) -> Option<DailyProfile> {
+        self.seasonal.as_ref().map(|s| DailyProfile::fit(s, normal))
     }
 
     /// Per-feature weights applied after standardisation.
@@ -84,6 +256,9 @@ impl FeatureSpec {
         let mut w = vec![1.0; NF];
         if let Some(tod) = &self.time_of_day {
             w.extend([tod.weight, tod.weight]);
+        }
+        if let Some(s) = &self.seasonal {
+            w.extend([s.weight, s.weight]);
         }
         w
     }
@@ -271,6 +446,8 @@ impl Default for KMeansConfig {
 pub struct KMeansModel {
     pub version: ModelVersion,
     pub features: FeatureSpec,
+    /// The daily profile of the seasonal features (fitted on the training set).
+    pub profile: Option<DailyProfile>,
     pub scaler: Scaler,
     /// Centroids in standardised space.
     pub centroids: Vec<Features>,
@@ -329,7 +506,11 @@ impl KMeansModel {
         if training.is_empty() {
             return Err(format!("app {appid}: no normal samples to train on"));
         }
-        let raw: Vec<Features> = training.iter().map(|s| cfg.features.raw(s)).collect();
+        let profile = cfg.features.profile(training);
+        let raw: Vec<Features> = training
+            .iter()
+            .map(|s| cfg.features.raw(s, profile.as_ref()))
+            .collect();
         let scaler = cfg.features.scaler(&raw);
         let x: Vec<Features> = raw.iter().map(|r| scaler.transform(r)).collect();
         let nf = raw[0].len();
@@ -366,6 +547,7 @@ impl KMeansModel {
                 training,
             ),
             features: cfg.features.clone(),
+            profile,
             scaler,
             centroids,
             threshold: 0.0,
@@ -410,7 +592,8 @@ impl KMeansModel {
     }
 
     pub fn score(&self, s: &ServiceSample) -> AnomalyResult {
-        let (cluster, distance) = self.nearest(&self.scaler.transform(&self.features.raw(s)));
+        let raw = self.features.raw(s, self.profile.as_ref());
+        let (cluster, distance) = self.nearest(&self.scaler.transform(&raw));
         AnomalyResult {
             id: s.id.clone(),
             appid: s.appid.clone(),
@@ -436,6 +619,11 @@ pub struct ForestConfig {
     pub threshold: f64,
     /// Length of the training range ending at the training time (24 h by default).
     pub window_ms: i64,
+    /// How long operators take to review a sample: a training sample younger than this, and
+    /// without feedback yet, is left out (its only label would be the normal rule's, and a
+    /// sample the rule calls normal may be an anomaly nobody has flagged *yet*).
+    #[serde(default)]
+    pub review_delay_ms: i64,
     #[serde(default)]
     pub features: FeatureSpec,
 }
@@ -449,6 +637,7 @@ impl Default for ForestConfig {
             seed: 7,
             threshold: 0.5,
             window_ms: 24 * 3_600_000,
+            review_delay_ms: 60 * 60_000,
             features: FeatureSpec::default(),
         }
     }
@@ -461,6 +650,8 @@ type Tree = RandomForestClassifier<f64, i32, DenseMatrix<f64>, Vec<i32>>;
 pub struct ForestModel {
     pub version: ModelVersion,
     pub features: FeatureSpec,
+    /// The daily profile of the seasonal features (fitted on the normal training samples).
+    pub profile: Option<DailyProfile>,
     pub scaler: Scaler,
     pub threshold: f64,
     trees: Vec<Tree>,
@@ -481,7 +672,17 @@ impl ForestModel {
         if training.is_empty() || training.len() != anomalous.len() {
             return Err(format!("app {appid}: no (or mislabelled) training samples"));
         }
-        let raw: Vec<Features> = training.iter().map(|s| cfg.features.raw(s)).collect();
+        let normal: Vec<&ServiceSample> = training
+            .iter()
+            .zip(anomalous)
+            .filter(|(_, &a)| !a)
+            .map(|(s, _)| *s)
+            .collect();
+        let profile = cfg.features.profile(&normal);
+        let raw: Vec<Features> = training
+            .iter()
+            .map(|s| cfg.features.raw(s, profile.as_ref()))
+            .collect();
         let scaler = cfg.features.scaler(&raw);
         let x: Vec<Features> = raw.iter().map(|r| scaler.transform(r)).collect();
         let y: Vec<i32> = anomalous.iter().map(|&a| a as i32).collect();
@@ -518,6 +719,7 @@ impl ForestModel {
                 training,
             ),
             features: cfg.features.clone(),
+            profile,
             scaler,
             threshold: cfg.threshold,
             trees,
@@ -525,7 +727,8 @@ impl ForestModel {
         })
     }
 
-    /// Trains on every sample of `appid` in `[now − window, now)`, labelled by [`label`].
+    /// Trains on every sample of `appid` in `[now − window, now)`, labelled by [`label`],
+    /// leaving out those of the last `review_delay_ms` without feedback.
     pub fn train(
         appid: &str,
         samples: &[ServiceSample],
@@ -536,9 +739,11 @@ impl ForestModel {
         cfg: &ForestConfig,
     ) -> Result<Self, String> {
         let from = now_ms - cfg.window_ms;
+        let reviewed = now_ms - cfg.review_delay_ms.max(0);
         let training: Vec<&ServiceSample> = samples
             .iter()
             .filter(|s| s.appid == appid && s.time_ms >= from && s.time_ms < now_ms)
+            .filter(|s| s.time_ms < reviewed || feedback.contains_key(&s.id))
             .collect();
         let labels: Vec<bool> = training.iter().map(|s| label(s, rules, feedback)).collect();
         let mut m = Self::fit(appid, version, now_ms, &training, &labels, cfg)?;
@@ -557,7 +762,10 @@ impl ForestModel {
         }
         let x: Vec<Features> = samples
             .iter()
-            .map(|s| self.scaler.transform(&self.features.raw(s)))
+            .map(|s| {
+                self.scaler
+                    .transform(&self.features.raw(s, self.profile.as_ref()))
+            })
             .collect();
         let xm = matrix(&x)?;
         let mut votes = vec![0u32; samples.len()];
@@ -733,16 +941,19 @@ mod tests {
                 utc_offset_minutes: 360,
             }),
             log_count: true,
+            seasonal: None,
         };
         let at = |t| ServiceSample::new("a", t, 0.1, 10, 0);
-        let f = spec.raw(&at(0));
+        let f = spec.raw(&at(0), None);
         assert_eq!(f.len(), 5);
         assert!((f[1] - 11f64.ln()).abs() < 1e-12);
         assert!(
             (f[3] - 1.0).abs() < 1e-12 && f[4].abs() < 1e-12,
             "06:00 local"
         );
-        let rows: Vec<Features> = (0..4).map(|i| spec.raw(&at(i * 21_600_000))).collect();
+        let rows: Vec<Features> = (0..4)
+            .map(|i| spec.raw(&at(i * 21_600_000), None))
+            .collect();
         let sc = spec.scaler(&rows);
         let x = sc.transform(&rows[0]);
         assert!((x[3] - 2.0 * 1.0 / 0.5f64.sqrt()).abs() < 1e-9, "{x:?}");
@@ -784,6 +995,85 @@ mod tests {
         let m = KMeansModel::train("a", &data, &[], &fb, now, 2, &cfg).unwrap();
         assert_eq!(m.version.n_train, 301);
         assert!(KMeansModel::train("b", &data, &[], &fb, now, 1, &cfg).is_err());
+    }
+
+    #[test]
+    fn daily_profile_recovers_the_cycle_and_measures_deviations() {
+        // Two days of a daily cycle: count 1000 · (1 + 0.5 sin θ), response time 0.2 s ·
+        // (1 + 0.2 cos θ), in UTC+2.
+        let spec = Seasonal {
+            utc_offset_minutes: 120,
+            ..Default::default()
+        };
+        let at = |m: i64, factor: f64, rt_factor: f64| {
+            let angle = std::f64::consts::TAU * ((m + 120).rem_euclid(1440)) as f64 / 1440.0;
+            let n = (1000.0 * (1.0 + 0.5 * angle.sin()) * factor).round() as u64;
+            let rt = 0.2 * (1.0 + 0.2 * angle.cos()) * rt_factor;
+            ServiceSample::new("a", m * 60_000, rt, n, 0)
+        };
+        let train: Vec<ServiceSample> = (0..2880).map(|m| at(m, 1.0, 1.0)).collect();
+        let refs: Vec<&ServiceSample> = train.iter().collect();
+        let p = DailyProfile::fit(&spec, &refs);
+        for m in [0, 300, 777, 1439] {
+            let [c, r] = p.deviations(&at(m, 1.0, 1.0));
+            // ln of a sine is not exactly two harmonics: within a few percent.
+            assert!(c.abs() < 0.03 && r.abs() < 0.01, "minute {m}: {c} {r}");
+        }
+        // A fifth of the usual traffic, at the peak as at the trough; three times the usual
+        // response time.
+        for m in [240, 960] {
+            let [c, _] = p.deviations(&at(m, 0.2, 1.0));
+            assert!((c - 0.2f64.ln()).abs() < 0.04, "minute {m}: {c}");
+            let [_, r] = p.deviations(&at(m, 1.0, 3.0));
+            assert!((r - 3f64.ln()).abs() < 0.02, "minute {m}: {r}");
+        }
+        // Too few samples: a flat profile at their mean; none: flat at 0.
+        let few = DailyProfile::fit(&spec, &refs[..3]);
+        assert_eq!(few.harmonics, 0);
+        assert_eq!(few.count.len(), 1);
+        let none = DailyProfile::fit(&spec, &[]);
+        assert_eq!(none.count, [0.0]);
+        // The spec adds the two deviations after the base features.
+        let fspec = FeatureSpec {
+            seasonal: Some(spec),
+            ..Default::default()
+        };
+        let f = fspec.raw(&at(960, 0.2, 1.0), Some(&p));
+        assert_eq!(f.len(), NF + 2);
+        assert!(f[3] < -1.5 && f[4].abs() < 0.05, "{f:?}");
+        assert_eq!(fspec.weights().len(), NF + 2);
+    }
+
+    #[test]
+    fn forest_leaves_out_unreviewed_recent_samples() {
+        let mut data = training();
+        for i in 0..30 {
+            data.push(sample(400 + i, 0.2, 500, 200));
+        }
+        let now = 1000 * 60_000;
+        // Ten minutes just before training: rule-normal, no feedback yet.
+        for i in 0..10 {
+            data.push(sample(990 + i, 0.2, 700, 7));
+        }
+        let mut fb = Feedback::new();
+        fb.insert(ServiceSample::make_id("a", 995 * 60_000), true);
+        let cfg = ForestConfig {
+            n_trees: 5,
+            review_delay_ms: 60 * 60_000,
+            ..Default::default()
+        };
+        let m = ForestModel::train("a", &data, &[], &fb, now, 1, &cfg).unwrap();
+        assert_eq!(
+            m.version.n_train,
+            300 + 30 + 1,
+            "only the reviewed recent sample"
+        );
+        let all = ForestConfig {
+            review_delay_ms: 0,
+            ..cfg
+        };
+        let m = ForestModel::train("a", &data, &[], &fb, now, 1, &all).unwrap();
+        assert_eq!(m.version.n_train, 300 + 30 + 10);
     }
 
     #[test]
