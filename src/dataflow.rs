@@ -35,6 +35,7 @@ pub struct BlacklistEntry {
 pub type Captured<D> = Rc<RefCell<Vec<(D, Time, isize)>>>;
 
 type IndicatorTrace = TraceAgent<ValSpine<IpAddr, Indicators, Time, isize>>;
+type BlockTrace = TraceAgent<crate::rulecompute::BlockCountSpine>;
 
 /// The rule tables that rulecompute and scoring read, as input collections.
 pub struct RuleInputs {
@@ -108,6 +109,7 @@ pub struct Pipeline {
     /// Service anomalies (SPEC §6): sample parts and model keys in, see `anomaly::wire`.
     pub service: crate::anomaly::wire::ServiceInputs,
     indicators: IndicatorTrace,
+    block_counts: BlockTrace,
     dataflow_id: usize,
 }
 
@@ -132,6 +134,10 @@ impl Pipeline {
             .set_logical_compaction(AntichainRef::new(&frontier));
         self.indicators
             .set_physical_compaction(AntichainRef::new(&frontier));
+        self.block_counts
+            .set_logical_compaction(AntichainRef::new(&frontier));
+        self.block_counts
+            .set_physical_compaction(AntichainRef::new(&frontier));
     }
 
     pub fn flush(&mut self) {
@@ -152,24 +158,17 @@ impl Pipeline {
     }
 
     /// This worker's share of the indicators as of tick `t` (the dataflow must be done
-    /// through `t`).
+    /// through `t`), with the exact indicator 7 of each IP's block.
     pub fn indicators_at(&mut self, t: Time) -> Vec<(IpAddr, Indicators)> {
-        let mut out = Vec::new();
-        let batches = match self.indicators.spans_through(Antichain::new().borrow()) {
-            Some(b) => b,
-            None => return out,
-        };
-        let (mut cursor, storage) =
-            cursor_list(batches.into_iter().filter_map(|b| b.inner).collect());
-        for ((ip, ind), times) in cursor.to_vec(&storage, |k| *k, |v| v.clone()) {
-            let n: isize = times
-                .iter()
-                .filter(|(tt, _)| *tt <= t)
-                .map(|(_, r)| *r)
-                .sum();
-            if n > 0 {
-                out.push((ip, ind));
-            }
+        let blocks: std::collections::HashMap<_, _> =
+            live_at(&mut self.block_counts, t).into_iter().collect();
+        let mut out = live_at(&mut self.indicators, t);
+        for (ip, ind) in &mut out {
+            // Every worker holds every block's count (see `rulecompute::count_indicators`).
+            ind.ip_block = blocks
+                .get(&crate::rulecompute::block_of(ip))
+                .copied()
+                .unwrap_or(ind.ip_block);
         }
         out
     }
@@ -190,6 +189,30 @@ impl Pipeline {
         drop(self);
         worker.drop_dataflow(id);
     }
+}
+
+/// The `(key, value)` pairs of a trace present at time `t`.
+fn live_at<K, V>(trace: &mut TraceAgent<ValSpine<K, V, Time, isize>>, t: Time) -> Vec<(K, V)>
+where
+    K: differential_dataflow::ExchangeData + Clone,
+    V: differential_dataflow::ExchangeData + Clone,
+{
+    let mut out = Vec::new();
+    let Some(batches) = trace.spans_through(Antichain::new().borrow()) else {
+        return out;
+    };
+    let (mut cursor, storage) = cursor_list(batches.into_iter().filter_map(|b| b.inner).collect());
+    for ((k, v), times) in cursor.to_vec(&storage, |k| k.clone(), |v| v.clone()) {
+        let n: isize = times
+            .iter()
+            .filter(|(tt, _)| *tt <= t)
+            .map(|(_, r)| *r)
+            .sum();
+        if n > 0 {
+            out.push((k, v));
+        }
+    }
+    out
 }
 
 /// Builds the dataflow on this worker (with service anomalies fed by nobody).
@@ -224,8 +247,11 @@ pub fn build_with(
             .distinct_total();
         let critical_rules = critical_pages.map(|c| (c.id, c.critical_page_match_expression));
 
-        let by_ip = rulecompute::indicators(events, critical_rules, thresholds, spec);
+        let block_thresholds = scoring::block_thresholds(flow_rules.clone());
+        let (by_ip, block_counts) =
+            rulecompute::indicators(events, critical_rules, thresholds, block_thresholds, spec);
         let indicator_trace = by_ip.trace.clone();
+        let block_trace = block_counts.trace.clone();
         let indicators = by_ip.clone().as_collection(|ip, ind| (*ip, ind.clone()));
 
         let blacklist_capture: Captured<BlacklistEntry> = Rc::new(RefCell::new(Vec::new()));
@@ -239,6 +265,13 @@ pub fn build_with(
                     decision: decision.clone(),
                     indicators: ind.clone(),
                 })
+            })
+            // Reports show the block's exact count, not the level scoring used.
+            .map(|entry| (rulecompute::block_of(&entry.ip), entry))
+            .join_core(block_counts, |_block, entry, &n| {
+                let mut entry = entry.clone();
+                entry.indicators.ip_block = n;
+                Some(entry)
             })
             .inspect(move |update| sink.borrow_mut().push(update.clone()))
             .probe();
@@ -271,6 +304,7 @@ pub fn build_with(
                 service.store,
             ),
             indicators: indicator_trace,
+            block_counts: block_trace,
             dataflow_id,
         }
     })

@@ -583,6 +583,7 @@ fn worker_main(
     let index = worker.index();
     let peers = worker.peers();
     let spec = cfg.window.spec();
+    let profile = crate::opprof::start(worker);
     let mut pipeline = dataflow::build_with(worker, spec, shared.service.clone());
     // With several processes: the workers' status and blacklist decisions to the other
     // processes (see `cluster`).
@@ -881,6 +882,7 @@ fn worker_main(
     }
     anomaly.finish(&pipeline, final_tick)?;
     pipeline.shutdown(worker);
+    drop(profile);
     Ok(WorkerResult {
         counters: ingest.counters,
         blacklisted_ips: blacklisted,

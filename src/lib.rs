@@ -24,6 +24,7 @@ pub mod gen;
 pub mod harness;
 pub mod latency;
 pub mod monitor;
+pub mod opprof;
 pub mod rulecompute;
 pub mod rules;
 pub mod scoring;

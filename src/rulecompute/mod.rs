@@ -20,6 +20,8 @@ use std::net::IpAddr;
 
 use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::{AsCollection, VecCollection};
+
+use crate::rules::OrdF64;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Map as _;
 
@@ -181,7 +183,9 @@ pub struct Indicators {
     pub critical_cookies: i64,
     /// 6 `flightQuery`: distinct (depCity, arrCity, flightDate) queried.
     pub flight_query: i64,
-    /// 7 `ipBlock`: requests from the IP's /16.
+    /// 7 `ipBlock`: requests from the IP's /16. Inside the dataflow this is the block's
+    /// [`block_level`]; [`crate::dataflow::Pipeline::indicators_at`] and the blacklist entries
+    /// carry the exact count.
     pub ip_block: i64,
 }
 
@@ -270,15 +274,29 @@ enum Distinct {
 /// A critical request as the critical indicators see it.
 pub type CriticalEvent = (IpAddr, u64 /* t_ms */, u64 /* cookie hash */);
 
-/// Indicators 0, 1, 2, 5, 6 and 7 for every IP in the window.
+/// Requests per /16 block in the window, arranged by block: the exact indicator 7 that reports
+/// show (scoring sees [`block_levels`] instead).
+pub type BlockCountSpine =
+    differential_dataflow::trace::implementations::ValSpine<Block, i64, Time, isize>;
+pub type BlockCounts<'s> = differential_dataflow::operators::arrange::Arranged<
+    's,
+    differential_dataflow::operators::arrange::TraceAgent<BlockCountSpine>,
+>;
+
+/// Indicators 0, 1, 2, 5, 6 and 7 for every IP in the window, and the exact block counts.
 ///
 /// All of them are counts, some of distinct values, so they share one `distinct_total` and one
 /// `count_total` (keyed by indicator): the window's updates go through two arrangements here,
 /// not eleven, which is most of the per-event cost of the window.
+///
+/// Indicator 7 is given to the IPs as its [`block_level`] under `block_thresholds` (the `arg0`
+/// of the running `ipBlock` rules): a busy /16 changes its count at every tick, and passing
+/// the exact count on would re-score every IP of the block each time.
 pub fn count_indicators<'s>(
     events: Coll<'s, WinRecord>,
     critical: Coll<'s, CriticalEvent>,
-) -> Coll<'s, (IpAddr, Part)> {
+    block_thresholds: Coll<'s, OrdF64>,
+) -> (Coll<'s, (IpAddr, Part)>, BlockCounts<'s>) {
     let distinct = events
         .clone()
         .flat_map(|e| {
@@ -312,11 +330,12 @@ pub fn count_indicators<'s>(
         Counted::Block(b) => Some((b, n)),
         _ => None,
     });
+    let block_counts = arrange_everywhere(per_block.clone());
     let block_parts = live_ips
-        .join(per_block)
-        .map(|(_, (ip, n))| (ip, Part::IpBlock(n)));
+        .join(block_levels(per_block, block_thresholds))
+        .map(|(_, (ip, level))| (ip, Part::IpBlock(level)));
 
-    counts
+    let parts = counts
         .flat_map(|(k, n)| match k {
             Counted::Requests(ip) => Some((ip, Part::Requests(n))),
             Counted::CriticalPages(ip) => Some((ip, Part::CriticalPages(n))),
@@ -325,7 +344,51 @@ pub fn count_indicators<'s>(
             Counted::Journeys(ip) => Some((ip, Part::FlightQueries(n))),
             Counted::Block(_) => None,
         })
-        .concat(block_parts)
+        .concat(block_parts);
+    (parts, block_counts)
+}
+
+/// Arranges the block counts on every worker (a few thousand blocks; each changes at most
+/// once per tick), so that any worker can put the exact count next to its own IPs.
+fn arrange_everywhere(per_block: Coll<'_, (Block, i64)>) -> BlockCounts<'_> {
+    use differential_dataflow::operators::arrange::arrangement::arrange_core;
+    use differential_dataflow::trace::implementations::ValBatcher;
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::vec::Broadcast;
+    arrange_core::<_, _, _, BlockCountSpine>(
+        per_block.inner.broadcast(),
+        Pipeline,
+        "Arrange: BlockCounts (every worker)",
+        ValBatcher::<Block, i64, Time, isize>::new,
+    )
+}
+
+/// The smallest value (≥ 0) that is above exactly the thresholds `count` is above, so that
+/// every rule `value > arg0` hits for it iff it hits for `count`.
+pub fn block_level(count: i64, thresholds: &[OrdF64]) -> i64 {
+    thresholds
+        .iter()
+        .filter(|a| count as f64 > a.0)
+        .map(|a| (a.0.floor() as i64).saturating_add(1))
+        .fold(0, i64::max)
+}
+
+/// Each block's [`block_level`]: changes only when the count crosses a rule's threshold.
+fn block_levels<'s>(
+    per_block: Coll<'s, (Block, i64)>,
+    thresholds: Coll<'s, OrdF64>,
+) -> Coll<'s, (Block, i64)> {
+    let lists = thresholds
+        .map(|a| ((), a))
+        .reduce_named("BlockThresholdList", |_unit, input, output| {
+            let list: Vec<OrdF64> = input.iter().map(|(a, _)| **a).collect();
+            output.push((list, 1));
+        })
+        .flat_map(|((), list)| (0..PARTITIONS).map(move |p| (p, list.clone())))
+        .arrange_by_key();
+    per_block
+        .map(|(b, n)| (stable_hash(&b) % PARTITIONS, (b, n)))
+        .join_core(lists, |_p, &(b, n), list| Some((b, block_level(n, list))))
 }
 
 /// The trace type of the indicators, arranged by IP.
@@ -391,16 +454,34 @@ pub fn indicators<'s>(
     events: Coll<'s, WinEvent>,
     critical_rules: Coll<'s, (i64, String)>,
     interval_thresholds: Coll<'s, i64>,
+    block_thresholds: Coll<'s, OrdF64>,
     spec: WindowSpec,
-) -> IndicatorsByIp<'s> {
+) -> (IndicatorsByIp<'s>, BlockCounts<'s>) {
     let request_lines = window(events.clone().map(|e| (e.request_hash, e.request)), spec);
     let events = window(events.map(|e| WinRecord::from(&e)), spec);
     let critical = critical_events(events.clone(), request_lines, critical_rules);
 
-    let parts = count_indicators(events, critical.clone()).concat(interval_indicators(
-        critical,
-        interval_thresholds,
-        spec,
-    ));
-    gather(parts)
+    let (counts, block_counts) = count_indicators(events, critical.clone(), block_thresholds);
+    let parts = counts.concat(interval_indicators(critical, interval_thresholds));
+    (gather(parts), block_counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_level_hits_exactly_the_rules_the_count_hits() {
+        let thresholds = [OrdF64(-2.0), OrdF64(10.0), OrdF64(10.5), OrdF64(40.0)];
+        assert_eq!(block_level(5, &[]), 0);
+        for count in 1..60 {
+            let level = block_level(count, &thresholds);
+            assert!((0..=count).contains(&level), "{count} → {level}");
+            for a in &thresholds {
+                assert_eq!(level as f64 > a.0, count as f64 > a.0, "{count} vs {}", a.0);
+            }
+        }
+        // Counts between two thresholds share one level, so they do not re-score the IPs.
+        assert_eq!(block_level(12, &thresholds), block_level(39, &thresholds));
+    }
 }
