@@ -7,14 +7,17 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
 
+use differential_dataflow::hashable::Hashable;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::TraceReader;
+use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::progress::frontier::{Antichain, AntichainRef};
 use timely::worker::Worker;
 
@@ -30,6 +33,9 @@ pub struct BlacklistEntry {
     pub decision: Decision,
     pub indicators: Indicators,
 }
+
+/// A blacklist decision of the dataflow: the IP is in the flow's blacklist with this score.
+pub type DecisionRow = ((String, IpAddr), Decision);
 
 /// Updates captured from the dataflow, drained by the driver once the probe has passed them.
 pub type Captured<D> = Rc<RefCell<Vec<(D, Time, isize)>>>;
@@ -105,7 +111,11 @@ pub struct Pipeline {
     pub events: InputSession<Time, WinEvent, isize>,
     pub rules: RuleInputs,
     pub probe: ProbeHandle<Time>,
-    pub blacklist: Captured<BlacklistEntry>,
+    /// Blacklist decisions, without their explanation (see [`Pipeline::drain_blacklist`]).
+    decisions: Captured<DecisionRow>,
+    /// Every decision before this time has been drained; the traces keep what is needed to
+    /// explain the later ones.
+    drained_below: Time,
     /// Service anomalies (SPEC §6): sample parts and model keys in, see `anomaly::wire`.
     pub service: crate::anomaly::wire::ServiceInputs,
     indicators: IndicatorTrace,
@@ -128,8 +138,16 @@ impl Pipeline {
         self.rules.for_each(|s| s.advance(t));
         self.service.advance_to(t);
         self.flush();
-        // Nothing reads the indicator trace before the input time, so it may compact.
-        let frontier = [t.saturating_sub(1)];
+        self.compact();
+    }
+
+    /// Lets the traces compact up to what can still be read: the indicators at the input
+    /// time, and at the ticks of the decisions not yet drained (and the tick before them).
+    fn compact(&mut self) {
+        let frontier = [self
+            .time()
+            .saturating_sub(1)
+            .min(self.drained_below.saturating_sub(1))];
         self.indicators
             .set_logical_compaction(AntichainRef::new(&frontier));
         self.indicators
@@ -173,14 +191,57 @@ impl Pipeline {
         out
     }
 
-    /// Takes the captured blacklist updates whose time the dataflow has completed.
-    pub fn drain_blacklist(&self) -> Vec<(BlacklistEntry, Time, isize)> {
-        let mut captured = self.blacklist.borrow_mut();
-        let (done, pending): (Vec<_>, Vec<_>) = captured
-            .drain(..)
-            .partition(|(_, t, _)| !self.probe.less_equal(t));
-        *captured = pending;
+    /// Takes the captured decision updates whose time the dataflow has completed.
+    pub fn drain_decisions(&mut self) -> Vec<(DecisionRow, Time, isize)> {
+        let done = {
+            let mut captured = self.decisions.borrow_mut();
+            let (done, pending): (Vec<_>, Vec<_>) = captured
+                .drain(..)
+                .partition(|(_, t, _)| !self.probe.less_equal(t));
+            *captured = pending;
+            done
+        };
+        self.drained_below = self.drained_below.max(self.completed());
         done
+    }
+
+    /// Takes the completed decision updates, each with the indicators that explain it: an
+    /// insertion with the IP's indicators at its tick, a retraction with those of the tick
+    /// before (the last state in which the IP was blacklisted that way).
+    ///
+    /// The explanation is read from the traces here rather than joined in the dataflow: a join
+    /// would re-emit every blacklisted IP's entry at every tick its indicators change.
+    pub fn drain_blacklist(&mut self) -> Vec<(BlacklistEntry, Time, isize)> {
+        let done = self.drain_decisions();
+        let out = done
+            .into_iter()
+            .map(|(((flow_id, ip), decision), t, r)| {
+                let at = if r > 0 { t } else { t.saturating_sub(1) };
+                let entry = BlacklistEntry {
+                    flow_id,
+                    ip,
+                    decision,
+                    indicators: self.explain(ip, at),
+                };
+                (entry, t, r)
+            })
+            .collect();
+        self.compact();
+        out
+    }
+
+    /// The indicators of `ip` at tick `t`, with its block's exact count (indicator 7). Only
+    /// on the worker that holds the IP (where its decisions are captured), for a `t` not
+    /// yet compacted away.
+    pub fn explain(&mut self, ip: IpAddr, t: Time) -> Indicators {
+        let mut ind = value_at(&mut self.indicators, &ip, t).unwrap_or_default();
+        ind.ip_block = value_at(
+            &mut self.block_counts,
+            &crate::rulecompute::block_of(&ip),
+            t,
+        )
+        .unwrap_or(0);
+        ind
     }
 
     /// Drops the dataflow without running its future (e.g. window expirations after a replay).
@@ -213,6 +274,38 @@ where
         }
     }
     out
+}
+
+/// The value of `key` present at time `t` in a trace with one value per key.
+fn value_at<K, V>(
+    trace: &mut TraceAgent<ValSpine<K, V, Time, isize>>,
+    key: &K,
+    t: Time,
+) -> Option<V>
+where
+    K: differential_dataflow::ExchangeData,
+    V: differential_dataflow::ExchangeData + Clone,
+{
+    let batches = trace.spans_through(Antichain::new().borrow())?;
+    let (mut cursor, storage) = cursor_list(batches.into_iter().filter_map(|b| b.inner).collect());
+    cursor.seek_key(&storage, key);
+    if cursor.get_key(&storage) != Some(key) {
+        return None;
+    }
+    let mut found = None;
+    while let Some(v) = cursor.get_val(&storage) {
+        let mut n = 0isize;
+        cursor.map_times(&storage, |tt, r| {
+            if *tt <= t {
+                n += *r;
+            }
+        });
+        if n > 0 {
+            found = Some(v.clone());
+        }
+        cursor.step_val(&storage);
+    }
+    found
 }
 
 /// Builds the dataflow on this worker (with service anomalies fed by nobody).
@@ -254,27 +347,17 @@ pub fn build_with(
         let block_trace = block_counts.trace.clone();
         let indicators = by_ip.clone().as_collection(|ip, ind| (*ip, ind.clone()));
 
-        let blacklist_capture: Captured<BlacklistEntry> = Rc::new(RefCell::new(Vec::new()));
-        let sink = blacklist_capture.clone();
+        let decision_capture: Captured<DecisionRow> = Rc::new(RefCell::new(Vec::new()));
+        let sink = decision_capture.clone();
         let (probe, _) = scoring::blacklist(indicators, flow_rules)
-            .map(|((flow_id, ip), decision)| (ip, (flow_id, decision)))
-            .join_core(by_ip, |ip, (flow_id, decision), ind| {
-                Some(BlacklistEntry {
-                    flow_id: flow_id.clone(),
-                    ip: *ip,
-                    decision: decision.clone(),
-                    indicators: ind.clone(),
-                })
-            })
-            // Reports show the block's exact count, not the level scoring used.
-            .map(|entry| (rulecompute::block_of(&entry.ip), entry))
-            .join_core(block_counts, |_block, entry, &n| {
-                let mut entry = entry.clone();
-                entry.indicators.ip_block = n;
-                Some(entry)
-            })
+            .inner
+            // To the worker that holds the IP's indicators, which explain the decision.
+            .exchange(|(((_, ip), _), _, _): &(DecisionRow, Time, isize)| ip.hashed().into())
             .inspect(move |update| sink.borrow_mut().push(update.clone()))
+            .as_collection()
             .probe();
+        // Decisions are explained from the block counts too: the probe covers them.
+        block_counts.stream.probe_with(&probe);
 
         let (parts_in, parts) = scope.new_collection();
         let (models_in, models) = scope.new_collection();
@@ -296,7 +379,8 @@ pub fn build_with(
                 maintenance: maintenance_in,
             },
             probe,
-            blacklist: blacklist_capture,
+            decisions: decision_capture,
+            drained_below: 0,
             service: crate::anomaly::wire::ServiceInputs::new(
                 parts_in,
                 models_in,

@@ -771,7 +771,7 @@ fn worker_main(
         if shared.view.all_live() {
             let written_below = pipeline.completed();
             emit_decisions(
-                &pipeline,
+                &mut pipeline,
                 cfg,
                 shared,
                 &mut ingest.counters,
@@ -855,7 +855,7 @@ fn worker_main(
         worker.step();
     }
     emit_decisions(
-        &pipeline,
+        &mut pipeline,
         cfg,
         shared,
         &mut ingest.counters,
@@ -991,7 +991,7 @@ fn write_key_stores(shared: &Shared, d: &blacklist::DecisionEvent, utc_offset_mi
 }
 
 fn emit_decisions(
-    pipeline: &Pipeline,
+    pipeline: &mut Pipeline,
     cfg: &Config,
     shared: &Shared,
     counters: &mut Counters,

@@ -67,6 +67,11 @@ pub fn run(scenario: Scenario) -> Observed {
         let mut changes = s.rule_changes.iter().peekable();
         let mut next_event = 0;
         let mut seen = Vec::new();
+        // The blacklist as a collection of entries that carry the indicators of the tick they
+        // are read at (what the oracle checks): decisions explained at their own tick, then
+        // refreshed at each requested tick.
+        let mut live: BTreeMap<(String, IpAddr), BlacklistEntry> = BTreeMap::new();
+        let mut entries: Vec<(BlacklistEntry, Time, isize)> = Vec::new();
         for &tick in &ticks {
             // Feed everything up to and including `tick`, in time order.
             loop {
@@ -92,9 +97,39 @@ pub fn run(scenario: Scenario) -> Observed {
             while !p.done_through(tick) {
                 worker.step();
             }
-            seen.push((tick, p.indicators_at(tick)));
+            let now = p.indicators_at(tick);
+            let mut decisions = p.drain_decisions();
+            decisions.sort_by_key(|(_, t, r)| (*t, *r));
+            for (((flow_id, ip), decision), t, r) in decisions {
+                let key = (flow_id.clone(), ip);
+                if r < 0 {
+                    if let Some(old) = live.remove(&key) {
+                        entries.push((old, t, -1));
+                    }
+                } else {
+                    let entry = BlacklistEntry {
+                        flow_id,
+                        ip,
+                        decision,
+                        indicators: p.explain(ip, t),
+                    };
+                    entries.push((entry.clone(), t, 1));
+                    live.insert(key, entry);
+                }
+            }
+            let by_ip: BTreeMap<IpAddr, &Indicators> = now.iter().map(|(ip, i)| (*ip, i)).collect();
+            for entry in live.values_mut() {
+                if let Some(ind) = by_ip.get(&entry.ip) {
+                    if **ind != entry.indicators {
+                        entries.push((entry.clone(), tick, -1));
+                        entry.indicators = (*ind).clone();
+                        entries.push((entry.clone(), tick, 1));
+                    }
+                }
+            }
+            seen.push((tick, now));
         }
-        let bl = p.drain_blacklist();
+        let bl = entries;
         let mut out = r.lock().expect("harness result lock");
         for (tick, rows) in seen {
             out.indicators.entry(tick).or_default().extend(rows);
