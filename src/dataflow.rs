@@ -352,7 +352,7 @@ pub fn build_with(
         let (probe, _) = scoring::blacklist(indicators, flow_rules)
             .inner
             // To the worker that holds the IP's indicators, which explain the decision.
-            .exchange(|(((_, ip), _), _, _): &(DecisionRow, Time, isize)| ip.hashed().into())
+            .exchange(|(((_, ip), _), _, _): &(DecisionRow, Time, isize)| ip.hashed())
             .inspect(move |update| sink.borrow_mut().push(update.clone()))
             .as_collection()
             .probe();
