@@ -201,6 +201,10 @@ impl Pipeline {
             *captured = pending;
             done
         };
+        // The join that scores emits a retraction and re-insertion of an unchanged decision
+        // whenever a blacklisted IP's indicators change: cancel them here.
+        let mut done = done;
+        differential_dataflow::consolidation::consolidate_updates(&mut done);
         self.drained_below = self.drained_below.max(self.completed());
         done
     }

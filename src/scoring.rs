@@ -153,40 +153,58 @@ pub struct Decision {
     pub flow_interval_ms: i64,
 }
 
+/// The decisions for one IP: every flow of `rules` (sorted, so grouped by flow) whose score
+/// over the rules its indicators hit is above the flow's threshold.
+pub fn decide(ind: &Indicators, rules: &[FlowRule]) -> Vec<(String, Decision)> {
+    let mut out = Vec::new();
+    for flow in rules.chunk_by(|a, b| a.flow_id == b.flow_id) {
+        let hits: Vec<&FlowRule> = flow.iter().filter(|r| r.hits(ind)).collect();
+        let Some(first) = hits.first() else { continue };
+        let scored: Vec<(i32, bool)> = hits.iter().map(|r| (r.score, r.enabled)).collect();
+        let score = flow_score(&scored, first.n_rules);
+        if score > first.threshold.0 {
+            out.push((
+                first.flow_id.clone(),
+                Decision {
+                    flow_name: first.flow_name.clone(),
+                    score: OrdF64(score),
+                    threshold: first.threshold,
+                    hit_rule_ids: hits.iter().map(|r| r.rule_id.clone()).collect(),
+                    hit_rule_names: hits.iter().map(|r| r.rule_real_name.clone()).collect(),
+                    flow_interval_ms: first.flow_interval_ms,
+                },
+            ));
+        }
+    }
+    out
+}
+
 /// The blacklist: (flow id, IP) → decision, for every IP whose flow score is above threshold.
+///
+/// The flow rules are folded into one sorted list, broadcast over [`PARTITIONS`]; each changed
+/// indicator record is scored against it in the join itself. Most IPs hit nothing, so almost
+/// nothing leaves the join, and a rule change re-scores every IP in the window at once. The
+/// output is not consolidated: a blacklisted IP whose indicators change emits its decision's
+/// retraction and re-insertion at that tick (the reader consolidates).
 pub fn blacklist<'s>(
     indicators: Coll<'s, (IpAddr, Indicators)>,
     flow_rules: Coll<'s, FlowRule>,
 ) -> Coll<'s, ((String, IpAddr), Decision)> {
-    let rules_everywhere = flow_rules
-        .flat_map(|r| (0..PARTITIONS).map(move |p| (p, r.clone())))
+    let rule_list = flow_rules
+        .map(|r| ((), r))
+        .reduce_named("FlowRuleList", |_unit, input, output| {
+            let list: Vec<FlowRule> = input.iter().map(|(r, _)| (*r).clone()).collect();
+            output.push((list, 1));
+        })
+        .flat_map(|((), list)| (0..PARTITIONS).map(move |p| (p, list.clone())))
         .arrange_by_key();
     indicators
         .map(|(ip, ind)| (partition_of(&ip), (ip, ind)))
-        .join_core(rules_everywhere, |_p, (ip, ind), rule| {
-            rule.hits(ind)
-                .then(|| ((rule.flow_id.clone(), *ip), rule.clone()))
-        })
-        .reduce_named("FlowScore", |_key, hits, output| {
-            let first = hits[0].0;
-            let scored: Vec<(i32, bool)> = hits.iter().map(|(r, _)| (r.score, r.enabled)).collect();
-            let score = flow_score(&scored, first.n_rules);
-            if score > first.threshold.0 {
-                output.push((
-                    Decision {
-                        flow_name: first.flow_name.clone(),
-                        score: OrdF64(score),
-                        threshold: first.threshold,
-                        hit_rule_ids: hits.iter().map(|(r, _)| r.rule_id.clone()).collect(),
-                        hit_rule_names: hits
-                            .iter()
-                            .map(|(r, _)| r.rule_real_name.clone())
-                            .collect(),
-                        flow_interval_ms: first.flow_interval_ms,
-                    },
-                    1,
-                ));
-            }
+        .join_core(rule_list, |_p, (ip, ind), rules| {
+            let ip = *ip;
+            decide(ind, rules)
+                .into_iter()
+                .map(move |(flow_id, decision)| ((flow_id, ip), decision))
         })
 }
 
