@@ -15,11 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use support::tansu::read_topic;
 use support::tansu::Tansu;
 
 const BIN: &str = env!("CARGO_BIN_EXE_antispider");
@@ -71,53 +68,6 @@ fn wait(mut child: Child, deadline: Instant) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Every message of `topic` (all partitions), from the beginning to the end.
-fn read_topic(brokers: &str, topic: &str) -> Vec<String> {
-    // Read up to the end-of-partition signal: Tansu 0.6 reports a stale high watermark for
-    // ListOffsets (the base offset of the last batch), so fetch_watermarks would stop early.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = md.topics()[0].partitions().len();
-    if partitions == 0 {
-        return Vec::new(); // never written
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let mut at_end = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no end of {topic} after {} messages",
-            out.len()
-        );
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => out.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap()),
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-                if at_end.len() == partitions {
-                    return out;
-                }
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
 }
 
 /// The lines of files that must all exist.

@@ -18,10 +18,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use antispider::anomaly::feedback::{MysqlFeedbackReader, FEEDBACK_DEADLETTER_FILE};
 use antispider::anomaly::gen::{generate, EpisodeKind, ServiceGenOptions, ServiceTraffic};
@@ -29,59 +25,13 @@ use antispider::anomaly::{is_normal, AnomalyHub, NormalRule};
 use antispider::config::MysqlConfig;
 use antispider::dataprocess::{MaskMode, Masker};
 
+use support::tansu::read_topic_keyed as read_topic;
 use support::tansu::Tansu;
 use support::MariaDb;
 
 const BIN: &str = env!("CARGO_BIN_EXE_antispider");
 const DAY: i64 = 86_400_000;
 const TOPIC: &str = "service_anomalies";
-
-/// Every message of `topic` (all partitions) as (key, payload), from the beginning to the end.
-fn read_topic(brokers: &str, topic: &str) -> Vec<(String, String)> {
-    // Read up to the end-of-partition signal (Tansu reports stale high watermarks).
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = md.topics()[0].partitions().len();
-    assert!(partitions > 0, "topic {topic} was not created");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let mut at_end = BTreeSet::new();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no end of {topic} after {} messages",
-            out.len()
-        );
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => out.push((
-                String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap(),
-                String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
-            )),
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-                if at_end.len() == partitions {
-                    return out;
-                }
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
-}
 
 fn write_traffic(dir: &Path) -> (ServiceTraffic, PathBuf) {
     let traffic = generate(&ServiceGenOptions {

@@ -91,3 +91,68 @@ impl Drop for Tansu {
         let _ = self.child.wait();
     }
 }
+
+/// Every message of `topic` (all partitions) as (key, payload), from the beginning up to the
+/// end-of-partition signal of every partition; a topic never written has none.
+///
+/// Reads to the signal, not to the high watermark: Tansu 0.6 reports a stale one for
+/// ListOffsets (the base offset of the last batch), so `fetch_watermarks` would stop early.
+pub fn read_topic_keyed(brokers: &str, topic: &str) -> Vec<(String, String)> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::error::KafkaError;
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = md.topics()[0].partitions().len();
+    if partitions == 0 {
+        return Vec::new();
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut at_end = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no end of {topic} after {} messages",
+            out.len()
+        );
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push((
+                String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap(),
+                String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
+            )),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                if at_end.len() == partitions {
+                    return out;
+                }
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+}
+
+/// The payloads of [`read_topic_keyed`].
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<String> {
+    read_topic_keyed(brokers, topic)
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect()
+}
