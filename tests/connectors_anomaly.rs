@@ -18,7 +18,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
 use antispider::anomaly::feedback::{MysqlFeedbackReader, FEEDBACK_DEADLETTER_FILE};
 use antispider::anomaly::gen::{generate, EpisodeKind, ServiceGenOptions, ServiceTraffic};
 use antispider::anomaly::{is_normal, AnomalyHub, NormalRule};

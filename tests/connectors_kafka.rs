@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 use support::tansu::read_topic;
 use support::tansu::Tansu;
 use support::{MariaDb, RedisServer};
