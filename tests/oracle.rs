@@ -930,7 +930,7 @@ fn oracle_self_check() {
     assert_eq!(ia.critical_pages, 4);
     assert_eq!(ia.user_agent, 3);
     assert_eq!(ia.critical_pages_acc_time, Some(0));
-    assert_eq!(ia.critical_pages_less_than, vec![(1000, 2)]); // gaps 500, 0, 3500
+    assert_eq!(ia.critical_pages_less_than.to_vec(), vec![(1000, 2)]); // gaps 500, 0, 3500
     assert_eq!(ia.critical_cookies, 3); // 7, ABSENT, 9
     assert_eq!(ia.flight_query, 2);
     assert_eq!(ia.ip_block, 6);

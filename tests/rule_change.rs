@@ -140,7 +140,11 @@ fn critical_rule_added_and_removed_mid_stream() {
             assert_eq!(during.ip, 5, "tick {t}");
             assert_eq!(during.critical_pages, 5, "tick {t}");
             assert_eq!(during.critical_pages_acc_time, Some(100), "tick {t}");
-            assert_eq!(during.critical_pages_less_than, vec![(1000, 2)], "tick {t}");
+            assert_eq!(
+                during.critical_pages_less_than.to_vec(),
+                vec![(1000, 2)],
+                "tick {t}"
+            );
             assert_eq!(
                 during.critical_cookies, 4,
                 "tick {t}: c1, c2, c3 and absent"

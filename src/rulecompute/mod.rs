@@ -165,6 +165,11 @@ pub fn window<'s, D: differential_dataflow::Data>(
         .as_collection()
 }
 
+/// Indicator 4's (threshold, count) pairs: inline for up to two thresholds (one flow's rule 4
+/// and the built-in 0), so the indicator record, built and copied at every change of an IP,
+/// does not allocate.
+pub type LessThan = smallvec::SmallVec<[(i64, i64); 2]>;
+
 /// The 8 indicator values of one IP at one tick (SPEC §4).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Indicators {
@@ -178,7 +183,7 @@ pub struct Indicators {
     pub critical_pages_acc_time: Option<i64>,
     /// 4 `criticalPagesLessThanDefault`: per interval threshold (ms), the number of
     /// consecutive critical intervals shorter than it.
-    pub critical_pages_less_than: Vec<(i64, i64)>,
+    pub critical_pages_less_than: LessThan,
     /// 5 `criticalCookies`: distinct JSESSIONIDs on critical requests (absent = one value).
     pub critical_cookies: i64,
     /// 6 `flightQuery`: distinct (depCity, arrCity, flightDate) queried.
