@@ -190,7 +190,10 @@ impl MariaDb {
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", dir.path().join("data").display()))
             .arg("--auth-root-authentication-method=normal")
-            .arg("--skip-test-db");
+            .arg("--skip-test-db")
+            // Its own temp dir: bootstraps of parallel tests sharing /tmp were seen to remove
+            // each other's temporary tables ("Unknown table 'mysql.tmp_user_sys'").
+            .arg(format!("--tmpdir={}", dir.path().display()));
         if is_root() {
             cmd.arg("--user=root");
         }
