@@ -5,7 +5,9 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin() -> &'static str {
@@ -36,26 +38,6 @@ fn free_ports() -> [u16; 2] {
     ]
 }
 
-/// Waits for a child, killing it after `limit`; returns (success, stderr).
-fn wait(mut child: Child, limit: Duration) -> (bool, String) {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Runs `replay` as a 2-process cluster with `threads` workers per process into `out`.
 fn replay_cluster(dir: &Path, log: &Path, out: &Path, threads: usize) {
     let [p0, p1] = free_ports();
@@ -82,8 +64,8 @@ fn replay_cluster(dir: &Path, log: &Path, out: &Path, threads: usize) {
     let second = spawn(1);
     let first = spawn(0);
     let limit = Duration::from_secs(300);
-    let (ok0, err0) = wait(first, limit);
-    let (ok1, err1) = wait(second, limit);
+    let (ok0, err0) = support::wait_child(first, Instant::now() + limit);
+    let (ok1, err1) = support::wait_child(second, Instant::now() + limit);
     assert!(
         ok0 && ok1,
         "cluster -w {threads} failed\nprocess 0:\n{err0}\nprocess 1:\n{err1}"

@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::tansu::read_topic;
@@ -51,22 +51,6 @@ fn antispider(args: &[&str]) -> String {
         "antispider {args:?} failed:\n{stderr}"
     );
     stderr
-}
-
-/// Waits for a child, killing it at `deadline`; returns (success, stderr).
-fn wait(mut child: Child, deadline: Instant) -> (bool, String) {
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The lines of files that must all exist.
@@ -231,8 +215,8 @@ fn run_cluster(dir: &Path, brokers: &str, threads: usize) -> ClusterRun {
     let first = spawn(0);
     let limit = Duration::from_secs(90);
     let deadline = Instant::now() + limit;
-    let (ok0, err0) = wait(first, deadline);
-    let (ok1, err1) = wait(second, deadline);
+    let (ok0, err0) = support::wait_child(first, deadline);
+    let (ok1, err1) = support::wait_child(second, deadline);
     assert!(
         ok0 && ok1,
         "cluster -w {threads} failed or did not stop at the end of the topic within {limit:?}\n\

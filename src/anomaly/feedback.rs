@@ -37,7 +37,7 @@ use super::hub::{AnomalyHub, FeedbackItem};
 use crate::config::MysqlConfig;
 use crate::dataprocess::Masker;
 use crate::deadletter::DeadLetter;
-use crate::rules::mysql::{mysql_opts, MYSQL_TIMEOUT};
+use crate::rules::mysql::{mysql_opts, sleep_unless_stopped, MYSQL_TIMEOUT};
 
 /// The feedback table.
 pub const FEEDBACK_TABLE: &str = "cat_feedback";
@@ -382,17 +382,6 @@ impl ReaderState {
                 }
             }
         }
-    }
-}
-
-async fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let end = Instant::now() + d;
-    while !stop.load(Ordering::SeqCst) {
-        let now = Instant::now();
-        if now >= end {
-            return;
-        }
-        tokio::time::sleep((end - now).min(Duration::from_millis(50))).await;
     }
 }
 

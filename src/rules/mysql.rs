@@ -771,7 +771,8 @@ impl Drop for MysqlRuleFeed {
     }
 }
 
-async fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+/// Sleeps for `d`, waking early (every 50 ms at most) once `stop` is set.
+pub(crate) async fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     let end = Instant::now() + d;
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
