@@ -692,6 +692,16 @@ fn worker_main(
     let mut done_reading = false;
 
     loop {
+        // While the dataflow has work in flight, a poll must not block on the broker: this
+        // worker's steps move the whole cluster's progress along.
+        let busy = pipeline.completed() < pipeline.time();
+        if let Some(Source::Kafka(k)) = source.as_mut() {
+            k.set_max_wait(if busy {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(50)
+            });
+        }
         let status = match source.as_mut() {
             Some(s) if !done_reading => s.poll(&mut buf, cfg.engine.batch_lines)?,
             _ => Poll::Eof,
@@ -843,7 +853,13 @@ fn worker_main(
             || done_reading
             || (status == Poll::Eof && anomaly.idle())
         {
-            worker.step_or_park(Some(Duration::from_millis(20)));
+            // A park ends early on the other workers' messages, not on the broker's: with
+            // Kafka, come back soon to poll it again.
+            let park = match source.as_ref() {
+                Some(Source::Kafka(_)) if busy => Duration::from_millis(2),
+                _ => Duration::from_millis(20),
+            };
+            worker.step_or_park(Some(park));
         }
     }
 

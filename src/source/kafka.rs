@@ -70,6 +70,8 @@ pub struct KafkaSource {
     lookback_ms: u64,
     last_error: Option<Instant>,
     commits: u64,
+    /// How long a poll may wait for the broker when nothing is queued (see [`Self::set_max_wait`]).
+    max_wait: Duration,
 }
 
 /// A client config with the common settings and the user's extra properties.
@@ -191,6 +193,7 @@ impl KafkaSource {
             lookback_ms,
             last_error: None,
             commits: 0,
+            max_wait: Duration::from_millis(50),
         })
     }
 
@@ -207,6 +210,13 @@ impl KafkaSource {
             p.checkpoints.push_back((p.max_ms, line.no as i64));
         }
         p.max_ms = p.max_ms.max(t_ms);
+    }
+
+    /// How long the next polls may block waiting for the broker. The engine sets 0 while its
+    /// dataflow is busy: a worker blocked here does not step, and the other workers' progress
+    /// waits for its steps (blocking 20 ms per step added about 300 ms to every decision).
+    pub fn set_max_wait(&mut self, wait: Duration) {
+        self.max_wait = wait;
     }
 
     /// Whether this worker was given any partition.
@@ -335,7 +345,7 @@ impl LineSource for KafkaSource {
             return Ok(Poll::Idle);
         }
         let mut got = 0;
-        let mut timeout = Duration::from_millis(50);
+        let mut timeout = self.max_wait;
         while got < max {
             let Some(result) = self.consumer.poll(timeout) else {
                 break;
