@@ -2,21 +2,22 @@
 //!
 //! Both depend on the gaps between consecutive critical requests of an IP. The gaps of the
 //! window are the gaps inside each time bucket plus the gaps between neighbouring non-empty
-//! buckets, whatever the buckets' length. So the work is split in two reduces:
-//! 1. per (IP, bucket): first and last time and the sorted inner gaps ([`BucketGaps`]);
-//! 2. per (IP, threshold): fold the ≤ W/B bucket summaries in time order.
+//! buckets, whatever the buckets' length. So the work is split in two steps:
+//! 1. a reduce per (IP, bucket): first and last time and the sorted inner gaps ([`BucketGaps`]);
+//! 2. the IP's ≤ W/B bucket summaries are folded in time order by [`super::gather`], which
+//!    reads every part of the IP anyway ([`fold_buckets`]).
 //!
 //! A bucket holds the events of the live window in [`BUCKET_MS`] of event time, not one slide:
 //! with 1 s buckets a hot IP's per-IP fold re-read 300 summaries at every tick; with 10 s
 //! buckets it reads ≤ 31, and the bucket's own fold reads ≤ 10 s of that IP's events.
 //!
 //! Indicator 4 depends on the rule's interval (`arg0`), so the bucket summaries (not the
-//! events: one reduce per bucket serves every threshold) are joined with the set of thresholds
-//! in force; threshold 0 is always present and carries indicator 3.
+//! events: one reduce per bucket serves every threshold) are joined with the sorted list of
+//! the thresholds in force, and each summary counts its gaps below every one of them.
 
 use std::net::IpAddr;
 
-use super::{partition_of, Coll, CriticalEvent, Part, PARTITIONS};
+use super::{partition_of, Coll, CriticalEvent, LessThan, Part, PARTITIONS};
 use serde::{Deserialize, Serialize};
 
 /// Length of a time bucket of the first reduce (see the module notes).
@@ -58,32 +59,45 @@ impl BucketGaps {
         out
     }
 
-    /// The bucket as the fold for one threshold needs it.
-    fn summary(&self, threshold: u64) -> BucketSummary {
+    /// The bucket as the fold needs it, for the thresholds in force (sorted, all > 0).
+    fn summary(&self, thresholds: &[i64]) -> BucketSummary {
         BucketSummary {
             first: self.first,
             last: self.last,
             min_gap: self.gaps.first().copied(),
-            gaps_below: self.gaps.partition_point(|g| *g < threshold) as i64,
+            gaps_below: thresholds
+                .iter()
+                .map(|&a| (a, self.gaps.partition_point(|g| *g < a as u64) as i64))
+                .collect(),
         }
     }
 }
 
+/// One bucket of an IP's critical requests, as [`fold_buckets`] reads it: first and last time,
+/// the smallest inner gap, and per threshold (ascending) the number of inner gaps below it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct BucketSummary {
+pub struct BucketSummary {
     first: u64,
     last: u64,
     min_gap: Option<u64>,
-    gaps_below: i64,
+    gaps_below: LessThan,
 }
 
-/// `Part::Intervals` for every (IP with critical requests, threshold in force).
-pub fn interval_indicators<'s>(
+/// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s).
+pub fn interval_parts<'s>(
     critical: Coll<'s, CriticalEvent>,
     thresholds: Coll<'s, i64>,
 ) -> Coll<'s, (IpAddr, Part)> {
-    let thresholds = thresholds
-        .flat_map(|a| (0..PARTITIONS).map(move |p| (p, a)))
+    // The thresholds as one sorted list, on every partition of the join below. Threshold 0
+    // is always in force (see `dataflow::build_with`), so the list exists, empty or not, and
+    // the buckets reach the fold also while no rule 4 runs (they carry indicator 3).
+    let lists = thresholds
+        .map(|a| ((), a))
+        .reduce_named("IntervalThresholdList", |_unit, input, output| {
+            let list: Vec<i64> = input.iter().map(|(a, _)| **a).filter(|a| *a > 0).collect();
+            output.push((list, 1isize));
+        })
+        .flat_map(|((), list)| (0..PARTITIONS).map(move |p| (p, list.clone())))
         .arrange_by_key();
     critical
         .map(|(ip, t, _)| ((ip, t / BUCKET_MS), t))
@@ -93,38 +107,36 @@ pub fn interval_indicators<'s>(
             }
         })
         .map(|((ip, bucket), gaps)| (partition_of(&ip), (ip, bucket, gaps)))
-        .join_core(thresholds, |_p, (ip, bucket, gaps), &a| {
-            let summary = gaps.summary(a.max(0) as u64);
-            Some(((*ip, a), (*bucket, summary)))
+        .join_core(lists, |_p, (ip, bucket, gaps), list| {
+            let summary = gaps.summary(list);
+            Some((*ip, Part::IntervalBucket(*bucket, summary)))
         })
-        .reduce_named("IntervalsPerIp", |&(_, a), input, output| {
-            let threshold = a.max(0) as u64;
-            let mut min_gap: Option<u64> = None;
-            let mut below = 0i64;
-            let mut previous_last: Option<u64> = None;
-            for ((_, s), _) in input {
-                let mut smallest = s.min_gap;
-                if let Some(prev) = previous_last {
-                    let gap = s.first - prev;
-                    smallest = Some(smallest.map_or(gap, |m| m.min(gap)));
-                    below += i64::from(gap < threshold);
-                }
-                if let Some(g) = smallest {
-                    min_gap = Some(min_gap.map_or(g, |m| m.min(g)));
-                }
-                below += s.gaps_below;
-                previous_last = Some(s.last);
-            }
-            output.push(((min_gap.map(|g| g as i64), below), 1));
-        })
-        .map(|((ip, a), (min_ms, less_than))| {
-            (
-                ip,
-                Part::Intervals {
-                    threshold_ms: a,
-                    min_ms,
-                    less_than,
-                },
-            )
-        })
+}
+
+/// Indicators 3 and 4 of one IP from its bucket summaries in time order: the gaps of the
+/// window are the buckets' inner gaps plus the gaps between neighbouring buckets.
+pub fn fold_buckets<'a>(
+    buckets: impl Iterator<Item = &'a BucketSummary>,
+) -> (Option<i64>, LessThan) {
+    let mut min_gap: Option<u64> = None;
+    let mut below = LessThan::new();
+    let mut previous_last: Option<u64> = None;
+    for s in buckets {
+        if below.is_empty() {
+            below = s.gaps_below.iter().map(|&(a, _)| (a, 0)).collect();
+        }
+        let mut smallest = s.min_gap;
+        let cross = previous_last.map(|prev| s.first - prev);
+        if let Some(gap) = cross {
+            smallest = Some(smallest.map_or(gap, |m| m.min(gap)));
+        }
+        if let Some(g) = smallest {
+            min_gap = Some(min_gap.map_or(g, |m| m.min(g)));
+        }
+        for ((a, n), (_, inner)) in below.iter_mut().zip(&s.gaps_below) {
+            *n += inner + i64::from(cross.is_some_and(|gap| gap < *a as u64));
+        }
+        previous_last = Some(s.last);
+    }
+    (min_gap.map(|g| g as i64), below)
 }

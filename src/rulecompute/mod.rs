@@ -14,7 +14,7 @@ mod critical;
 mod intervals;
 
 pub use critical::critical_events;
-pub use intervals::interval_indicators;
+pub use intervals::{interval_parts, BucketSummary};
 
 use std::net::IpAddr;
 
@@ -240,12 +240,9 @@ pub enum Part {
     Requests(i64),
     CriticalPages(i64),
     UserAgents(i64),
-    /// Indicators 3 and 4 for one interval threshold.
-    Intervals {
-        threshold_ms: i64,
-        min_ms: Option<i64>,
-        less_than: i64,
-    },
+    /// One 10 s bucket of the IP's critical requests (indicators 3 and 4, see [`intervals`]),
+    /// by bucket number: the parts of an IP come sorted, so its buckets come in time order.
+    IntervalBucket(u64, BucketSummary),
     CriticalCookies(i64),
     FlightQueries(i64),
     IpBlock(i64),
@@ -407,8 +404,9 @@ pub type IndicatorsByIp<'s> = differential_dataflow::operators::arrange::Arrange
 
 /// Gathers the per-indicator collections into one [`Indicators`] record per IP in the window.
 ///
-/// The group of an IP holds at most 7 + (number of interval thresholds) values, so this
-/// reduce is cheap however hot the IP is. The result stays arranged by IP: scoring's report
+/// The group of an IP holds at most 7 values plus its ≤ W/10 s + 1 interval buckets, so this
+/// reduce is cheap however hot the IP is. Folding the buckets here, not in a reduce of their
+/// own, saves a reduce and an arrangement per changed IP (the fold reads the same summaries). The result stays arranged by IP: scoring's report
 /// join and the final read of the indicators use this arrangement, not a copy of it.
 pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
     use differential_dataflow::trace::implementations::ValBuilder;
@@ -417,26 +415,22 @@ pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
         "GatherIndicators",
         |_ip, input, output| {
             let mut ind = Indicators::default();
+            let mut buckets = smallvec::SmallVec::<[&BucketSummary; 32]>::new();
             for (part, _) in input {
                 match part {
                     Part::Requests(n) => ind.ip = *n,
                     Part::CriticalPages(n) => ind.critical_pages = *n,
                     Part::UserAgents(n) => ind.user_agent = *n,
-                    Part::Intervals {
-                        threshold_ms,
-                        min_ms,
-                        less_than,
-                    } => {
-                        ind.critical_pages_acc_time = *min_ms;
-                        if *threshold_ms > 0 {
-                            ind.critical_pages_less_than
-                                .push((*threshold_ms, *less_than));
-                        }
-                    }
+                    Part::IntervalBucket(_, summary) => buckets.push(summary),
                     Part::CriticalCookies(n) => ind.critical_cookies = *n,
                     Part::FlightQueries(n) => ind.flight_query = *n,
                     Part::IpBlock(n) => ind.ip_block = *n,
                 }
+            }
+            if !buckets.is_empty() {
+                let (min_ms, less_than) = intervals::fold_buckets(buckets.into_iter());
+                ind.critical_pages_acc_time = min_ms;
+                ind.critical_pages_less_than = less_than;
             }
             // An IP is in the window iff it has requests; the other parts follow from those.
             if ind.ip > 0 {
@@ -467,7 +461,7 @@ pub fn indicators<'s>(
     let critical = critical_events(events.clone(), request_lines, critical_rules);
 
     let (counts, block_counts) = count_indicators(events, critical.clone(), block_thresholds);
-    let parts = counts.concat(interval_indicators(critical, interval_thresholds));
+    let parts = counts.concat(interval_parts(critical, interval_thresholds));
     (gather(parts), block_counts)
 }
 
