@@ -288,8 +288,13 @@ impl KafkaConfig {
 pub struct EngineConfig {
     /// Worker threads in this process (every process of a cluster runs as many).
     pub workers: usize,
-    /// Lines each worker reads between dataflow steps.
+    /// Lines each worker reads per poll of its source; live input steps the dataflow after
+    /// each poll.
     pub batch_lines: usize,
+    /// Lines each worker reads between dataflow steps while the input is bounded (a replay,
+    /// a Kafka backfill with `stop_at_end`): larger steps make fewer, larger batches for the
+    /// arrangements to merge, at the cost of more data in flight.
+    pub step_lines: usize,
     /// Processes in the cluster (1: this process alone), see `cluster`.
     pub processes: usize,
     /// This process, `0..processes`.
@@ -304,6 +309,7 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: 1,
             batch_lines: 8192,
+            step_lines: 32768,
             processes: 1,
             process: 0,
             hostfile: None,
@@ -462,6 +468,11 @@ impl Config {
         }
         if self.engine.workers == 0 {
             return Err(anyhow!("engine.workers must be at least 1"));
+        }
+        if self.engine.batch_lines == 0 {
+            return Err(anyhow!(
+                "engine.batch_lines must be at least 1 (default 8192)"
+            ));
         }
         if self.engine.processes == 0 || self.engine.process >= self.engine.processes {
             return Err(anyhow!(

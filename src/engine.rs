@@ -690,6 +690,7 @@ fn worker_main(
     let mut skew: Option<i64> = None;
     let mut buf: Vec<RawLine> = Vec::with_capacity(cfg.engine.batch_lines);
     let mut done_reading = false;
+    let mut unstepped = 0usize;
 
     loop {
         // While the dataflow has work in flight, a poll must not block on the broker: this
@@ -706,9 +707,10 @@ fn worker_main(
             Some(s) if !done_reading => s.poll(&mut buf, cfg.engine.batch_lines)?,
             _ => Poll::Eof,
         };
+        let batch_n = buf.len();
         shared
             .lines_read
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            .fetch_add(batch_n as u64, Ordering::Relaxed);
         for raw in buf.drain(..) {
             let t_ms = ingest.line(&mut pipeline, shared, &raw)?;
             if let (Some(Source::Kafka(k)), Some(t)) = (source.as_mut(), t_ms) {
@@ -770,11 +772,19 @@ fn worker_main(
             shared.view.set_live(index, resume);
         }
 
-        worker.step();
-        // Bound the backlog: do not read far ahead of what the dataflow has completed.
-        let lag_limit = pipeline.time().saturating_sub(10 * slide.max(1000));
-        while pipeline.probe.less_than(&lag_limit) {
+        // Live input steps the dataflow at every batch (latency). A bounded input (a replay, a
+        // Kafka backfill) steps every `step_lines`: each step adds a batch to every
+        // arrangement, and fewer, larger batches cost less to merge (5M lines, 2 workers:
+        // 8192 → 32768 lines per step made the replay 1.25× faster).
+        unstepped += batch_n;
+        if live || status != Poll::Data || unstepped >= cfg.engine.step_lines {
+            unstepped = 0;
             worker.step();
+            // Bound the backlog: do not read far ahead of what the dataflow has completed.
+            let lag_limit = pipeline.time().saturating_sub(10 * slide.max(1000));
+            while pipeline.probe.less_than(&lag_limit) {
+                worker.step();
+            }
         }
         // Decisions wait until every worker of the cluster has finished re-reading what an
         // earlier run committed: then it is known which of them were written back then.
