@@ -22,14 +22,16 @@ use serde::{Deserialize, Serialize};
 
 /// Length of a time bucket of the first reduce (see the module notes).
 pub const BUCKET_MS: u64 = 10_000;
+// Times and gaps inside a bucket are kept as u16 (the parts of every IP stay small).
+const _: () = assert!(BUCKET_MS <= u16::MAX as u64);
 
-/// The critical requests of one IP in one bucket: first and last time, and the gaps between
-/// consecutive ones, sorted.
+/// The critical requests of one IP in one bucket: first and last time (ms after the bucket's
+/// start), and the gaps between consecutive ones, sorted.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct BucketGaps {
-    first: u64,
-    last: u64,
-    gaps: Vec<u64>,
+    first: u16,
+    last: u16,
+    gaps: Vec<u16>,
 }
 
 impl BucketGaps {
@@ -37,6 +39,7 @@ impl BucketGaps {
     fn of<'a>(times: impl Iterator<Item = (&'a u64, isize)>) -> Option<BucketGaps> {
         let mut out: Option<BucketGaps> = None;
         for (&t, n) in times {
+            let t = (t % BUCKET_MS) as u16;
             for _ in 0..n.max(0) {
                 match out.as_mut() {
                     None => {
@@ -67,20 +70,22 @@ impl BucketGaps {
             min_gap: self.gaps.first().copied(),
             gaps_below: thresholds
                 .iter()
-                .map(|&a| (a, self.gaps.partition_point(|g| *g < a as u64) as i64))
+                .map(|&a| (a, self.gaps.partition_point(|g| i64::from(*g) < a) as u32))
                 .collect(),
         }
     }
 }
 
-/// One bucket of an IP's critical requests, as [`fold_buckets`] reads it: first and last time,
-/// the smallest inner gap, and per threshold (ascending) the number of inner gaps below it.
+/// One bucket of an IP's critical requests, as [`fold_buckets`] reads it: first and last time
+/// (ms after the bucket's start), the smallest inner gap, and per threshold (ascending) the
+/// number of inner gaps below it. Small and inline: the gather arrangement holds one per
+/// (IP, bucket), and every part of an IP is as large as this one.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BucketSummary {
-    first: u64,
-    last: u64,
-    min_gap: Option<u64>,
-    gaps_below: LessThan,
+    first: u16,
+    last: u16,
+    min_gap: Option<u16>,
+    gaps_below: smallvec::SmallVec<[(i64, u32); 2]>,
 }
 
 /// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s).
@@ -116,17 +121,18 @@ pub fn interval_parts<'s>(
 /// Indicators 3 and 4 of one IP from its bucket summaries in time order: the gaps of the
 /// window are the buckets' inner gaps plus the gaps between neighbouring buckets.
 pub fn fold_buckets<'a>(
-    buckets: impl Iterator<Item = &'a BucketSummary>,
+    buckets: impl Iterator<Item = (u64, &'a BucketSummary)>,
 ) -> (Option<i64>, LessThan) {
     let mut min_gap: Option<u64> = None;
     let mut below = LessThan::new();
     let mut previous_last: Option<u64> = None;
-    for s in buckets {
+    for (bucket, s) in buckets {
         if below.is_empty() {
             below = s.gaps_below.iter().map(|&(a, _)| (a, 0)).collect();
         }
-        let mut smallest = s.min_gap;
-        let cross = previous_last.map(|prev| s.first - prev);
+        let start = bucket * BUCKET_MS;
+        let mut smallest = s.min_gap.map(u64::from);
+        let cross = previous_last.map(|prev| start + u64::from(s.first) - prev);
         if let Some(gap) = cross {
             smallest = Some(smallest.map_or(gap, |m| m.min(gap)));
         }
@@ -134,9 +140,9 @@ pub fn fold_buckets<'a>(
             min_gap = Some(min_gap.map_or(g, |m| m.min(g)));
         }
         for ((a, n), (_, inner)) in below.iter_mut().zip(&s.gaps_below) {
-            *n += inner + i64::from(cross.is_some_and(|gap| gap < *a as u64));
+            *n += i64::from(*inner) + i64::from(cross.is_some_and(|gap| gap < *a as u64));
         }
-        previous_last = Some(s.last);
+        previous_last = Some(start + u64::from(s.last));
     }
     (min_gap.map(|g| g as i64), below)
 }

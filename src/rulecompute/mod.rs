@@ -415,13 +415,13 @@ pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
         "GatherIndicators",
         |_ip, input, output| {
             let mut ind = Indicators::default();
-            let mut buckets = smallvec::SmallVec::<[&BucketSummary; 32]>::new();
+            let mut buckets = smallvec::SmallVec::<[(u64, &BucketSummary); 32]>::new();
             for (part, _) in input {
                 match part {
                     Part::Requests(n) => ind.ip = *n,
                     Part::CriticalPages(n) => ind.critical_pages = *n,
                     Part::UserAgents(n) => ind.user_agent = *n,
-                    Part::IntervalBucket(_, summary) => buckets.push(summary),
+                    Part::IntervalBucket(bucket, summary) => buckets.push((*bucket, summary)),
                     Part::CriticalCookies(n) => ind.critical_cookies = *n,
                     Part::FlightQueries(n) => ind.flight_query = *n,
                     Part::IpBlock(n) => ind.ip_block = *n,
@@ -468,6 +468,13 @@ pub fn indicators<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_stay_small() {
+        // Every part of the gather arrangement is as large as the largest variant.
+        let size = std::mem::size_of::<Part>();
+        assert!(size <= 64, "Part is {size} bytes");
+    }
 
     #[test]
     fn block_level_hits_exactly_the_rules_the_count_hits() {
