@@ -28,7 +28,7 @@ use crate::rulecompute::{stable_hash, Indicators, Time, WinEvent, ABSENT};
 use crate::rules::feed::RuleFeed;
 use crate::rules::{IpMatcher, RuleTables};
 use crate::sink::blacklist::{self, Action};
-use crate::sink::files::{Batched, SharedFile};
+use crate::sink::files::{BackgroundFile, Batched, SharedFile};
 use crate::sink::kafka::{KafkaSink, Topic};
 use crate::sink::mysql::MysqlBlacklistSink;
 use crate::sink::redis::{blacklist_value, RedisSink};
@@ -102,9 +102,9 @@ pub struct RunOptions {
 /// State shared by the workers of this process.
 struct Shared {
     blacklist: SharedFile,
-    processed_query: SharedFile,
-    processed_book: SharedFile,
-    deadletter: SharedFile,
+    processed_query: BackgroundFile,
+    processed_book: BackgroundFile,
+    deadletter: BackgroundFile,
     indicators_path: std::path::PathBuf,
     /// This process's place in the cluster (one process: the only one).
     cluster: crate::cluster::Cluster,
@@ -189,13 +189,13 @@ pub fn run_with(
     };
     let shared = Arc::new(Shared {
         blacklist: SharedFile::create(&cluster.output_path(out, "blacklist.jsonl"))?,
-        processed_query: SharedFile::create(
+        processed_query: BackgroundFile::create(
             &cluster.output_path(out, &format!("processed_query.{ext}")),
         )?,
-        processed_book: SharedFile::create(
+        processed_book: BackgroundFile::create(
             &cluster.output_path(out, &format!("processed_book.{ext}")),
         )?,
-        deadletter: SharedFile::create(&cluster.output_path(out, "deadletter.jsonl"))?,
+        deadletter: BackgroundFile::create(&cluster.output_path(out, "deadletter.jsonl"))?,
         indicators_path: cluster.output_path(out, "indicators.jsonl"),
         view: Arc::new(crate::cluster::View::new(cluster.peers())),
         self_blacklisted: Arc::new(crate::cluster::SelfBlacklist::new(&cluster)),
@@ -264,8 +264,8 @@ pub fn run_with(
         p.finish_and_clear();
     }
     write_indicators(&shared.indicators_path, indicators)?;
+    shared.blacklist.flush()?;
     for f in [
-        &shared.blacklist,
         &shared.processed_query,
         &shared.processed_book,
         &shared.deadletter,
@@ -354,8 +354,7 @@ fn progress_bar(shared: Arc<Shared>) -> indicatif::ProgressBar {
 
 fn write_indicators(path: &Path, mut rows: Vec<(IpAddr, Indicators)>) -> anyhow::Result<()> {
     rows.sort();
-    let f = SharedFile::create(path)?;
-    let mut out = Batched::new(f);
+    let mut out = Batched::new(BackgroundFile::create(path)?);
     for (ip, ind) in rows {
         let lt: serde_json::Map<String, serde_json::Value> = ind
             .critical_pages_less_than
