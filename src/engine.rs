@@ -700,7 +700,7 @@ fn worker_main(
             k.set_max_wait(if busy {
                 Duration::ZERO
             } else {
-                Duration::from_millis(50)
+                KafkaSource::IDLE_WAIT
             });
         }
         let status = match source.as_mut() {

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rulecompute::{partition_of, Coll, Indicators, INDICATOR_NAMES, PARTITIONS};
+use crate::rulecompute::{list_per_partition, partition_of, Coll, Indicators, INDICATOR_NAMES};
 use crate::rules::{OrdF64, ProcessInfo, Rule, RuleMaintenance, Strategy};
 
 /// One rule of one running flow, with what the score needs of its flow.
@@ -181,23 +181,16 @@ pub fn decide(ind: &Indicators, rules: &[FlowRule]) -> Vec<(String, Decision)> {
 
 /// The blacklist: (flow id, IP) → decision, for every IP whose flow score is above threshold.
 ///
-/// The flow rules are folded into one sorted list, broadcast over [`PARTITIONS`]; each changed
-/// indicator record is scored against it in the join itself. Most IPs hit nothing, so almost
-/// nothing leaves the join, and a rule change re-scores every IP in the window at once. The
-/// output is not consolidated: a blacklisted IP whose indicators change emits its decision's
+/// The flow rules are folded into one sorted list on every partition
+/// ([`list_per_partition`]); each changed indicator record is scored against it in the join
+/// itself. Most IPs hit nothing, so almost nothing leaves the join, and a rule change
+/// re-scores every IP in the window at once. The output is not consolidated: a blacklisted IP whose indicators change emits its decision's
 /// retraction and re-insertion at that tick (the reader consolidates).
 pub fn blacklist<'s>(
     indicators: Coll<'s, (IpAddr, Indicators)>,
     flow_rules: Coll<'s, FlowRule>,
 ) -> Coll<'s, ((String, IpAddr), Decision)> {
-    let rule_list = flow_rules
-        .map(|r| ((), r))
-        .reduce_named("FlowRuleList", |_unit, input, output| {
-            let list: Vec<FlowRule> = input.iter().map(|(r, _)| (*r).clone()).collect();
-            output.push((list, 1));
-        })
-        .flat_map(|((), list)| (0..PARTITIONS).map(move |p| (p, list.clone())))
-        .arrange_by_key();
+    let rule_list = list_per_partition(flow_rules, "FlowRuleList");
     indicators
         .map(|(ip, ind)| (partition_of(&ip), (ip, ind)))
         .join_core(rule_list, |_p, (ip, ind), rules| {

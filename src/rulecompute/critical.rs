@@ -5,7 +5,7 @@
 //! `RegexSet` pass. When a rule is added or removed, the pattern list changes, every distinct
 //! request is matched again, and the critical events already in the window follow.
 
-use super::{Coll, CriticalEvent, WinRecord, PARTITIONS};
+use super::{list_per_partition, Coll, CriticalEvent, WinRecord, PARTITIONS};
 use differential_dataflow::operators::ThresholdTotal;
 use regex::RegexSet;
 
@@ -41,14 +41,7 @@ pub fn critical_requests<'s>(
     request_lines: Coll<'s, (u64, String)>,
     rules: Coll<'s, (i64, String)>,
 ) -> Coll<'s, u64> {
-    let pattern_list = rules
-        .map(|rule| ((), rule))
-        .reduce_named("CriticalPatternList", |_unit, input, output| {
-            let list: Vec<(i64, String)> = input.iter().map(|(r, _)| (*r).clone()).collect();
-            output.push((list, 1));
-        })
-        .flat_map(|((), list)| (0..PARTITIONS).map(move |p| (p, list.clone())))
-        .arrange_by_key();
+    let pattern_list = list_per_partition(rules, "CriticalPatternList");
 
     let mut cache = MatcherCache {
         entries: Vec::new(),

@@ -17,7 +17,7 @@
 
 use std::net::IpAddr;
 
-use super::{partition_of, Coll, CriticalEvent, LessThan, Part, PARTITIONS};
+use super::{list_per_partition, partition_of, Coll, CriticalEvent, LessThan, Part};
 use serde::{Deserialize, Serialize};
 
 /// Length of a time bucket of the first reduce (see the module notes).
@@ -62,7 +62,8 @@ impl BucketGaps {
         out
     }
 
-    /// The bucket as the fold needs it, for the thresholds in force (sorted, all > 0).
+    /// The bucket as the fold needs it, for the thresholds in force (sorted; 0 and below
+    /// count nothing and are left out).
     fn summary(&self, thresholds: &[i64]) -> BucketSummary {
         BucketSummary {
             first: self.first,
@@ -70,6 +71,7 @@ impl BucketGaps {
             min_gap: self.gaps.first().copied(),
             gaps_below: thresholds
                 .iter()
+                .filter(|a| **a > 0)
                 .map(|&a| (a, self.gaps.partition_point(|g| i64::from(*g) < a) as u32))
                 .collect(),
         }
@@ -96,14 +98,7 @@ pub fn interval_parts<'s>(
     // The thresholds as one sorted list, on every partition of the join below. Threshold 0
     // is always in force (see `dataflow::build_with`), so the list exists, empty or not, and
     // the buckets reach the fold also while no rule 4 runs (they carry indicator 3).
-    let lists = thresholds
-        .map(|a| ((), a))
-        .reduce_named("IntervalThresholdList", |_unit, input, output| {
-            let list: Vec<i64> = input.iter().map(|(a, _)| **a).filter(|a| *a > 0).collect();
-            output.push((list, 1isize));
-        })
-        .flat_map(|((), list)| (0..PARTITIONS).map(move |p| (p, list.clone())))
-        .arrange_by_key();
+    let lists = list_per_partition(thresholds, "IntervalThresholdList");
     critical
         .map(|(ip, t, _)| ((ip, t / BUCKET_MS), t))
         .reduce_named("IntervalBuckets", |_key, input, output| {

@@ -34,6 +34,30 @@ pub type Coll<'s, D> = VecCollection<'s, Time, D, isize>;
 /// so that joins of per-IP data against them are not funnelled through one worker.
 pub const PARTITIONS: u64 = 64;
 
+/// One small collection (rule rows) as a single sorted list, on every one of the
+/// [`PARTITIONS`], for a `join_core` with per-IP data keyed by [`partition_of`]: each changed
+/// record meets the whole list in one lookup, and a rule change re-evaluates everything in the
+/// window at once. The list exists only while `rows` is not empty.
+pub type ListPerPartition<'s, T> = differential_dataflow::operators::arrange::Arranged<
+    's,
+    differential_dataflow::operators::arrange::TraceAgent<
+        differential_dataflow::trace::implementations::ValSpine<u64, Vec<T>, Time, isize>,
+    >,
+>;
+
+pub fn list_per_partition<'s, T: differential_dataflow::ExchangeData>(
+    rows: Coll<'s, T>,
+    name: &str,
+) -> ListPerPartition<'s, T> {
+    rows.map(|row| ((), row))
+        .reduce_named(name, |_unit, input, output| {
+            let list: Vec<T> = input.iter().map(|(row, _)| (*row).clone()).collect();
+            output.push((list, 1isize));
+        })
+        .flat_map(|((), list)| (0..PARTITIONS).map(move |p| (p, list.clone())))
+        .arrange_by_key()
+}
+
 /// SPEC §4's indicator names, in rule-number order 0..=7 (`rule_real_name`).
 pub const INDICATOR_NAMES: [&str; 8] = [
     "ip",
@@ -380,14 +404,7 @@ fn block_levels<'s>(
     per_block: Coll<'s, (Block, i64)>,
     thresholds: Coll<'s, OrdF64>,
 ) -> Coll<'s, (Block, i64)> {
-    let lists = thresholds
-        .map(|a| ((), a))
-        .reduce_named("BlockThresholdList", |_unit, input, output| {
-            let list: Vec<OrdF64> = input.iter().map(|(a, _)| **a).collect();
-            output.push((list, 1));
-        })
-        .flat_map(|((), list)| (0..PARTITIONS).map(move |p| (p, list.clone())))
-        .arrange_by_key();
+    let lists = list_per_partition(thresholds, "BlockThresholdList");
     per_block
         .map(|(b, n)| (stable_hash(&b) % PARTITIONS, (b, n)))
         .join_core(lists, |_p, &(b, n), list| Some((b, block_level(n, list))))
@@ -406,8 +423,9 @@ pub type IndicatorsByIp<'s> = differential_dataflow::operators::arrange::Arrange
 ///
 /// The group of an IP holds at most 7 values plus its ≤ W/10 s + 1 interval buckets, so this
 /// reduce is cheap however hot the IP is. Folding the buckets here, not in a reduce of their
-/// own, saves a reduce and an arrangement per changed IP (the fold reads the same summaries). The result stays arranged by IP: scoring's report
-/// join and the final read of the indicators use this arrangement, not a copy of it.
+/// own, saves a reduce and an arrangement per changed IP (the fold reads the same summaries).
+/// The result stays arranged by IP: scoring's report join and the final read of the
+/// indicators use this arrangement, not a copy of it.
 pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
     use differential_dataflow::trace::implementations::ValBuilder;
     let arranged = parts.arrange_by_key_named("Arrange: GatherIndicators");

@@ -193,7 +193,7 @@ impl KafkaSource {
             lookback_ms,
             last_error: None,
             commits: 0,
-            max_wait: Duration::from_millis(50),
+            max_wait: Self::IDLE_WAIT,
         })
     }
 
@@ -212,9 +212,12 @@ impl KafkaSource {
         p.max_ms = p.max_ms.max(t_ms);
     }
 
+    /// How long a poll waits for the broker while the engine has nothing else to do.
+    pub const IDLE_WAIT: Duration = Duration::from_millis(50);
+
     /// How long the next polls may block waiting for the broker. The engine sets 0 while its
     /// dataflow is busy: a worker blocked here does not step, and the other workers' progress
-    /// waits for its steps (blocking 20 ms per step added about 300 ms to every decision).
+    /// waits for its steps (blocking in every loop added about 300 ms to every decision).
     pub fn set_max_wait(&mut self, wait: Duration) {
         self.max_wait = wait;
     }
