@@ -259,39 +259,35 @@ impl Indicators {
 }
 
 /// One indicator value of one IP, before they are gathered into [`Indicators`].
+///
+/// The counting indicators are unit parts whose multiplicity (the diff) is the count: one
+/// `Request` per request in the window, one `UserAgent` per distinct user agent, and so on.
+/// Counting in the diff needs no counting operator: each request changes one record of the
+/// gather's input, not an arrangement of counts plus a retraction and insertion of its count.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Part {
-    Requests(i64),
-    CriticalPages(i64),
-    UserAgents(i64),
+    /// 0: a request of the IP.
+    Request,
+    /// 1: a critical request of the IP.
+    CriticalPage,
+    /// 2: a distinct user agent of the IP.
+    UserAgent,
     /// One 10 s bucket of the IP's critical requests (indicators 3 and 4, see [`intervals`]),
     /// by bucket number: the parts of an IP come sorted, so its buckets come in time order.
     IntervalBucket(u64, BucketSummary),
-    CriticalCookies(i64),
-    FlightQueries(i64),
+    /// 5: a distinct JSESSIONID on the IP's critical requests.
+    CriticalCookie,
+    /// 6: a distinct journey of the IP.
+    FlightQuery,
+    /// 7: the [`block_level`] of the IP's /16.
     IpBlock(i64),
 }
 
-/// What one shared `count_total` counts: every count indicator, keyed by its kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum Counted {
-    /// 0: requests of the IP.
-    Requests(IpAddr),
-    /// 1: critical requests of the IP.
-    CriticalPages(IpAddr),
-    /// 2: distinct user agents of the IP.
-    UserAgents(IpAddr),
-    /// 5: distinct JSESSIONIDs on critical requests of the IP.
-    CriticalCookies(IpAddr),
-    /// 6: distinct journeys of the IP.
-    Journeys(IpAddr),
-    /// 7 (before the join with the IPs of the block): requests of the /16.
-    Block(Block),
-}
-
-/// What one shared `distinct_total` makes distinct, before counting per IP.
+/// What one shared `distinct_total` makes distinct: the values the distinct indicators count,
+/// and the IPs in the window (for indicator 7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Distinct {
+    Ip(IpAddr),
     UserAgent(IpAddr, u64),
     CriticalCookie(IpAddr, u64),
     Journey(IpAddr, u64),
@@ -311,9 +307,9 @@ pub type BlockCounts<'s> = differential_dataflow::operators::arrange::Arranged<
 
 /// Indicators 0, 1, 2, 5, 6 and 7 for every IP in the window, and the exact block counts.
 ///
-/// All of them are counts, some of distinct values, so they share one `distinct_total` and one
-/// `count_total` (keyed by indicator): the window's updates go through two arrangements here,
-/// not eleven, which is most of the per-event cost of the window.
+/// Indicators 0 and 1 are the requests themselves as unit [`Part`]s. The distinct ones share
+/// one `distinct_total`, whose output (each distinct value once) is again a unit part per IP.
+/// Only the /16 blocks are counted by an operator.
 ///
 /// Indicator 7 is given to the IPs as its [`block_level`] under `block_thresholds` (the `arg0`
 /// of the running `ipBlock` rules): a busy /16 changes its count at every tick, and passing
@@ -327,49 +323,41 @@ pub fn count_indicators<'s>(
         .clone()
         .flat_map(|e| {
             let journey = e.journey_hash.map(|j| Distinct::Journey(e.ip, j));
-            std::iter::once(Distinct::UserAgent(e.ip, e.ua_hash)).chain(journey)
+            [Distinct::Ip(e.ip), Distinct::UserAgent(e.ip, e.ua_hash)]
+                .into_iter()
+                .chain(journey)
         })
         .concat(
             critical
                 .clone()
                 .map(|(ip, _, c)| Distinct::CriticalCookie(ip, c)),
         )
-        .distinct_total()
-        .map(|d| match d {
-            Distinct::UserAgent(ip, _) => Counted::UserAgents(ip),
-            Distinct::CriticalCookie(ip, _) => Counted::CriticalCookies(ip),
-            Distinct::Journey(ip, _) => Counted::Journeys(ip),
-        });
-    let counts = events
-        .flat_map(|e| [Counted::Requests(e.ip), Counted::Block(block_of(&e.ip))])
-        .concat(critical.map(|(ip, _, _)| Counted::CriticalPages(ip)))
-        .concat(distinct)
-        .count_total()
-        .map(|(k, n)| (k, n as i64));
+        .distinct_total();
 
-    // Indicator 7 belongs to every IP of the block that is in the window.
-    let live_ips = counts.clone().flat_map(|(k, _)| match k {
-        Counted::Requests(ip) => Some((block_of(&ip), ip)),
-        _ => None,
-    });
-    let per_block = counts.clone().flat_map(|(k, n)| match k {
-        Counted::Block(b) => Some((b, n)),
-        _ => None,
-    });
+    let per_block = events
+        .clone()
+        .map(|e| block_of(&e.ip))
+        .count_total()
+        .map(|(b, n)| (b, n as i64));
     let block_counts = arrange_everywhere(per_block.clone());
+    // Indicator 7 belongs to every IP of the block that is in the window.
+    let live_ips = distinct.clone().flat_map(|d| match d {
+        Distinct::Ip(ip) => Some((block_of(&ip), ip)),
+        _ => None,
+    });
     let block_parts = live_ips
         .join(block_levels(per_block, block_thresholds))
         .map(|(_, (ip, level))| (ip, Part::IpBlock(level)));
 
-    let parts = counts
-        .flat_map(|(k, n)| match k {
-            Counted::Requests(ip) => Some((ip, Part::Requests(n))),
-            Counted::CriticalPages(ip) => Some((ip, Part::CriticalPages(n))),
-            Counted::UserAgents(ip) => Some((ip, Part::UserAgents(n))),
-            Counted::CriticalCookies(ip) => Some((ip, Part::CriticalCookies(n))),
-            Counted::Journeys(ip) => Some((ip, Part::FlightQueries(n))),
-            Counted::Block(_) => None,
-        })
+    let parts = events
+        .map(|e| (e.ip, Part::Request))
+        .concat(critical.map(|(ip, _, _)| (ip, Part::CriticalPage)))
+        .concat(distinct.flat_map(|d| match d {
+            Distinct::Ip(_) => None,
+            Distinct::UserAgent(ip, _) => Some((ip, Part::UserAgent)),
+            Distinct::CriticalCookie(ip, _) => Some((ip, Part::CriticalCookie)),
+            Distinct::Journey(ip, _) => Some((ip, Part::FlightQuery)),
+        }))
         .concat(block_parts);
     (parts, block_counts)
 }
@@ -434,15 +422,17 @@ pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
         |_ip, input, output| {
             let mut ind = Indicators::default();
             let mut buckets = smallvec::SmallVec::<[(u64, &BucketSummary); 32]>::new();
-            for (part, _) in input {
+            for (part, count) in input {
+                // The multiplicity of a unit part is its count (see `Part`).
+                let count = *count as i64;
                 match part {
-                    Part::Requests(n) => ind.ip = *n,
-                    Part::CriticalPages(n) => ind.critical_pages = *n,
-                    Part::UserAgents(n) => ind.user_agent = *n,
+                    Part::Request => ind.ip = count,
+                    Part::CriticalPage => ind.critical_pages = count,
+                    Part::UserAgent => ind.user_agent = count,
                     Part::IntervalBucket(bucket, summary) => buckets.push((*bucket, summary)),
-                    Part::CriticalCookies(n) => ind.critical_cookies = *n,
-                    Part::FlightQueries(n) => ind.flight_query = *n,
-                    Part::IpBlock(n) => ind.ip_block = *n,
+                    Part::CriticalCookie => ind.critical_cookies = count,
+                    Part::FlightQuery => ind.flight_query = count,
+                    Part::IpBlock(level) => ind.ip_block = *level,
                 }
             }
             if !buckets.is_empty() {
