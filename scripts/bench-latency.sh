@@ -17,8 +17,9 @@ shift 2
 RATES=("$@")
 [ ${#RATES[@]} -eq 0 ] && RATES=(10000 50000 100000)
 
-cargo build --release --quiet
-BIN=target/release/antispider
+# ANTISPIDER_BIN compares another build (e.g. a copy of an earlier one) on the same traffic.
+BIN=${ANTISPIDER_BIN:-target/release/antispider}
+[ -n "${ANTISPIDER_BIN:-}" ] || cargo build --release --quiet
 DATA=target/bench-data
 mkdir -p "$DATA"
 SRC="$DATA/gen-1000000-60m.cs.log"

@@ -23,7 +23,6 @@ use differential_dataflow::{AsCollection, VecCollection};
 
 use crate::rules::OrdF64;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::Map as _;
 
 /// Event time and dataflow timestamp: milliseconds since the Unix epoch.
 pub type Time = u64;
@@ -175,16 +174,53 @@ pub fn partition_of(ip: &IpAddr) -> u64 {
 }
 
 /// Puts every event in the window: inserted at its tick, retracted `W` later.
+///
+/// The retractions are held here, each under a capability for its time, and sent on only once
+/// the input frontier has reached that time. Sent at once, they would wait in the batcher of
+/// every arrangement downstream, and a batcher re-merges all the updates it holds each time
+/// its frontier moves: a whole window of retractions copied at every tick (live, with a 100 ms
+/// slide, 3000 times over for each event).
 pub fn window<'s, D: differential_dataflow::Data>(
     events: Coll<'s, D>,
     spec: WindowSpec,
 ) -> Coll<'s, D> {
+    use std::collections::BTreeMap;
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::Operator;
+    use timely::dataflow::operators::Capability;
+
     let w = spec.length_ms;
     events
         .inner
-        .flat_map(move |(e, t, r)| {
-            let expiring = e.clone();
-            [(e, t, r), (expiring, t + w, -r)]
+        .unary_frontier(Pipeline, "Window", move |_capability, _info| {
+            // Retractions not yet due, by their time, each time with its capability.
+            type Due<D> = (Capability<Time>, Vec<(D, Time, isize)>);
+            let mut due: BTreeMap<Time, Due<D>> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|stamp, data| {
+                    let Some(capability) = stamp.retain_least(0) else {
+                        return;
+                    };
+                    for (e, t, r) in data.iter() {
+                        let expiry = t + w;
+                        due.entry(expiry)
+                            .or_insert_with(|| (capability.delayed(&expiry), Vec::new()))
+                            .1
+                            .push((e.clone(), expiry, -r));
+                    }
+                    output.session(&capability).give_container(data);
+                });
+                // Every input time before an expiry has passed: no later event can still be
+                // retracted earlier, so the retractions of that time go out now, together
+                // with that tick's own events.
+                while let Some(entry) = due.first_entry() {
+                    if frontier.less_than(entry.key()) {
+                        break;
+                    }
+                    let (capability, mut retractions) = entry.remove();
+                    output.session(&capability).give_container(&mut retractions);
+                }
+            }
         })
         .as_collection()
 }
@@ -476,6 +512,63 @@ pub fn indicators<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_retracts_at_expiry_and_not_before_the_input_gets_there() {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        use timely::dataflow::operators::{Inspect, Probe};
+        let spec = WindowSpec {
+            length_ms: 10,
+            slide_ms: 1,
+        };
+        // (update, input frontier when the update left the window operator)
+        let seen = timely::execute_directly(move |worker| {
+            type Seen = Vec<((&'static str, Time, isize), Time)>;
+            let seen: Rc<RefCell<Seen>> = Rc::default();
+            let sink = seen.clone();
+            let frontier_now = Rc::new(std::cell::Cell::new(0));
+            let frontier_seen = frontier_now.clone();
+            let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+                use differential_dataflow::input::Input;
+                let (input, events) = scope.new_collection::<&'static str, isize>();
+                let probe = window(events, spec)
+                    .inner
+                    .inspect(move |u| sink.borrow_mut().push((*u, frontier_seen.get())))
+                    .probe()
+                    .0;
+                (input, probe)
+            });
+            input.advance_to(1);
+            input.insert("a");
+            input.advance_to(4);
+            input.insert("b");
+            for t in 5..=20 {
+                input.advance_to(t);
+                input.flush();
+                frontier_now.set(t);
+                while probe.less_than(&t) {
+                    worker.step();
+                }
+            }
+            seen.take()
+        });
+        let updates: Vec<_> = seen.iter().map(|(u, _)| *u).collect();
+        assert_eq!(
+            updates,
+            vec![("a", 1, 1), ("b", 4, 1), ("a", 11, -1), ("b", 14, -1)]
+        );
+        // Retractions are held until the input reaches their time (they are not left waiting
+        // in the batchers downstream, which would copy them at every tick).
+        for ((_, t, r), frontier) in seen {
+            if r < 0 {
+                assert_eq!(
+                    frontier, t,
+                    "retraction at {t} sent at input time {frontier}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn parts_stay_small() {
