@@ -189,35 +189,70 @@ pub fn window<'s, D: differential_dataflow::Data>(
     use timely::dataflow::operators::generic::Operator;
     use timely::dataflow::operators::Capability;
 
+    type Updates<D> = Vec<(D, Time, isize)>;
+    type Due<D> = (Capability<Time>, Updates<D>);
+    /// Adds retractions of time `at` to those due then (with a capability for `at`).
+    fn stash<D>(
+        due: &mut BTreeMap<Time, Due<D>>,
+        capability: &Capability<Time>,
+        at: Time,
+        mut list: Updates<D>,
+    ) {
+        use std::collections::btree_map::Entry;
+        match due.entry(at) {
+            Entry::Vacant(slot) => {
+                slot.insert((capability.delayed(&at), list));
+            }
+            Entry::Occupied(mut slot) => slot.get_mut().1.append(&mut list),
+        }
+    }
+
     let w = spec.length_ms;
     events
         .inner
         .unary_frontier(Pipeline, "Window", move |_capability, _info| {
             // Retractions not yet due, by their time, each time with its capability.
-            type Due<D> = (Capability<Time>, Vec<(D, Time, isize)>);
             let mut due: BTreeMap<Time, Due<D>> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|stamp, data| {
                     let Some(capability) = stamp.retain_least(0) else {
                         return;
                     };
+                    // The events of a message mostly share a tick: one map lookup per run.
+                    let mut run: Option<(Time, Updates<D>)> = None;
                     for (e, t, r) in data.iter() {
                         let expiry = t + w;
-                        due.entry(expiry)
-                            .or_insert_with(|| (capability.delayed(&expiry), Vec::new()))
-                            .1
-                            .push((e.clone(), expiry, -r));
+                        match run.as_mut() {
+                            Some((at, list)) if *at == expiry => list.push((e.clone(), expiry, -r)),
+                            _ => {
+                                if let Some((at, list)) = run.take() {
+                                    stash(&mut due, &capability, at, list);
+                                }
+                                run = Some((expiry, vec![(e.clone(), expiry, -r)]));
+                            }
+                        }
+                    }
+                    if let Some((at, list)) = run {
+                        stash(&mut due, &capability, at, list);
                     }
                     output.session(&capability).give_container(data);
                 });
                 // Every input time before an expiry has passed: no later event can still be
                 // retracted earlier, so the retractions of that time go out now, together
-                // with that tick's own events.
+                // with that tick's own events. All that are due go in one message, under the
+                // earliest one's capability.
+                let mut released: Option<Due<D>> = None;
                 while let Some(entry) = due.first_entry() {
                     if frontier.less_than(entry.key()) {
                         break;
                     }
                     let (capability, mut retractions) = entry.remove();
+                    match released.as_mut() {
+                        Some((_, all)) => all.append(&mut retractions),
+                        None => released = Some((capability, retractions)),
+                    }
+                }
+                if let Some((capability, mut retractions)) = released {
                     output.session(&capability).give_container(&mut retractions);
                 }
             }
