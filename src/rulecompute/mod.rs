@@ -1,14 +1,16 @@
 //! rulecompute (SPEC §4): the 8 per-IP indicators over an exact sliding event-time window.
 //!
 //! Every function takes collections and returns collections. The window is expressed in the
-//! data, not in operator state: an event at time `t` is inserted at tick `⌈t/S⌉·S` and retracted
-//! at that tick plus `W` ([`window`]). Every indicator below is then an ordinary incremental
-//! aggregate, and a rule change (e.g. a new critical page) re-evaluates the live window at once.
+//! data: an event at time `t` is inserted at tick `⌈t/S⌉·S` and retracted at that tick plus
+//! `W` ([`window`], which holds each retraction until the input reaches its time). Every
+//! indicator below is then an ordinary incremental aggregate, and a rule change (e.g. a new
+//! critical page) re-evaluates the live window at once.
 //!
-//! Cost notes (see rust-stack.md): counts are `count_total` (diffs carry the counts, no group
-//! scan); distinct counts are `distinct_total` then `count_total`; the two interval indicators
-//! are pre-aggregated per (IP, slide bucket) so the per-IP step reads at most W/S summaries,
-//! never every event of a hot IP.
+//! Cost notes (see rust-stack.md): counts are carried in the diff (a request is one unit
+//! record of the gather, see [`Part`]); distinct counts are one shared `distinct_total` whose
+//! output is again unit records; the two interval indicators are pre-aggregated per (IP, 10 s
+//! bucket) so the per-IP step reads at most W/10 s + 1 summaries, never every event of a hot
+//! IP.
 
 mod critical;
 mod intervals;
