@@ -95,7 +95,8 @@ impl Cluster {
         worker / self.threads
     }
 
-    /// The timely configuration: one thread, threads of one process, or a cluster.
+    /// The timely configuration: one thread, threads of one process, or a cluster (whose
+    /// connections the engine makes itself, with [`Cluster::connect`]).
     pub fn timely_config(&self) -> timely::Config {
         use timely::CommunicationConfig;
         let communication = if self.processes > 1 {
@@ -117,6 +118,65 @@ impl Cluster {
         }
     }
 
+    /// Connects this process to the others of the cluster and builds timely's allocators over
+    /// those connections (for [`timely::execute::execute_from`]).
+    ///
+    /// This is timely's own connection set-up (process `i` connects to every lower one and
+    /// accepts every higher one) with a check added: both ends of a connection exchange
+    /// [`Agreement`] and refuse to start if it differs. Timely does not check this; processes
+    /// with different worker counts, started together, panic inside its network threads.
+    pub fn connect(
+        &self,
+        agreement: Agreement,
+    ) -> anyhow::Result<(
+        Vec<timely::communication::AllocatorBuilder>,
+        Box<dyn std::any::Any + Send>,
+    )> {
+        use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+        use timely::communication::allocator::ProcessBuilder;
+        use timely::communication::{AllocatorBuilder, Hooks};
+
+        let agreement = Agreement {
+            threads: self.threads as u64,
+            processes: self.processes as u64,
+            ..agreement
+        };
+        let me = self.process;
+        let lower: Vec<String> = self.addresses[..me].to_vec();
+        let connecting = std::thread::spawn(move || -> anyhow::Result<Vec<_>> {
+            lower
+                .iter()
+                .enumerate()
+                .map(|(peer, address)| connect_to(address, peer, me, agreement).map(Some))
+                .collect()
+        });
+        let mut higher = accept_from(&self.addresses[me], me, self.processes, agreement)?;
+        let mut sockets = connecting
+            .join()
+            .map_err(|_| anyhow!("the thread connecting to the other processes panicked"))??;
+        sockets.push(None);
+        sockets.append(&mut higher);
+
+        let hooks = Hooks::default();
+        let process_allocators = ProcessBuilder::new_typed_vector(
+            self.threads,
+            hooks.refill.clone(),
+            hooks.spill.clone(),
+        );
+        let (builders, guard) = initialize_networking_from_sockets(
+            process_allocators,
+            sockets,
+            me,
+            self.threads,
+            hooks,
+        )
+        .context("cannot start timely's network threads")?;
+        Ok((
+            builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
+            Box::new(guard),
+        ))
+    }
+
     /// The path of an output file of this process: `dir/name` for a single process,
     /// `dir/<stem>.p<I>.<ext>` for process I of a cluster (so that processes sharing a
     /// directory do not overwrite each other; the union of the files is the whole output).
@@ -129,6 +189,164 @@ impl Cluster {
             None => dir.join(format!("{name}.p{}", self.process)),
         }
     }
+}
+
+/// What every process of a cluster must agree on, exchanged when the processes connect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Agreement {
+    /// Worker threads per process (`-w`, `engine.workers`).
+    pub threads: u64,
+    /// Processes in the cluster (`-n`, `engine.processes`).
+    pub processes: u64,
+    /// `window.length_ms`, `window.slide_ms` and `window.allowed_lateness_ms`: every process
+    /// must close the same ticks.
+    pub window_length_ms: u64,
+    pub window_slide_ms: u64,
+    pub allowed_lateness_ms: u64,
+}
+
+/// Marks an antispider handshake (a timely process from elsewhere sends only its index).
+const HANDSHAKE_MAGIC: u64 = 0x616e_7469_7370_6964; // "antispid"
+/// How long either end waits for the other's half of the handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Agreement {
+    fn to_words(self) -> [u64; 5] {
+        [
+            self.threads,
+            self.processes,
+            self.window_length_ms,
+            self.window_slide_ms,
+            self.allowed_lateness_ms,
+        ]
+    }
+
+    fn from_words(w: [u64; 5]) -> Agreement {
+        Agreement {
+            threads: w[0],
+            processes: w[1],
+            window_length_ms: w[2],
+            window_slide_ms: w[3],
+            allowed_lateness_ms: w[4],
+        }
+    }
+
+    /// Why `self` (this process) and `peer`'s values cannot run together, naming the setting.
+    fn mismatch(&self, peer: usize, theirs: &Agreement) -> Option<String> {
+        let names = [
+            "workers per process (-w, engine.workers)",
+            "processes (-n, engine.processes)",
+            "window.length_ms",
+            "window.slide_ms",
+            "window.allowed_lateness_ms",
+        ];
+        let diffs: Vec<String> = names
+            .iter()
+            .zip(self.to_words().iter().zip(theirs.to_words()))
+            .filter(|(_, (a, b))| *a != b)
+            .map(|(name, (a, b))| format!("{name}: {a} here, {b} in process {peer}"))
+            .collect();
+        (!diffs.is_empty()).then(|| {
+            format!(
+                "the processes of the cluster disagree on {}; start every process with the same \
+                 settings",
+                diffs.join(", ")
+            )
+        })
+    }
+}
+
+fn write_words(stream: &mut std::net::TcpStream, words: &[u64]) -> std::io::Result<()> {
+    use std::io::Write;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    stream.write_all(&bytes)
+}
+
+fn read_words<const N: usize>(stream: &mut std::net::TcpStream) -> std::io::Result<[u64; N]> {
+    use std::io::Read;
+    let mut out = [0u64; N];
+    for w in out.iter_mut() {
+        let mut b = [0u8; 8];
+        stream.read_exact(&mut b)?;
+        *w = u64::from_le_bytes(b);
+    }
+    Ok(out)
+}
+
+/// Connects to the lower process `peer` (retrying until it listens), sends this process's
+/// index and agreement, and checks the agreement it answers with.
+fn connect_to(
+    address: &str,
+    peer: usize,
+    me: usize,
+    ours: Agreement,
+) -> anyhow::Result<std::net::TcpStream> {
+    let mut waited = 0u64;
+    let mut stream = loop {
+        match std::net::TcpStream::connect(address) {
+            Ok(s) => break s,
+            Err(e) => {
+                if waited.is_multiple_of(10) {
+                    tracing::info!("waiting for process {peer} at {address}: {e}");
+                }
+                waited += 1;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    };
+    stream.set_nodelay(true)?;
+    let mut hello = vec![HANDSHAKE_MAGIC, me as u64];
+    hello.extend(ours.to_words());
+    write_words(&mut stream, &hello)
+        .with_context(|| format!("cannot greet process {peer} at {address}"))?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let theirs = read_words::<5>(&mut stream).with_context(|| {
+        format!(
+            "process {peer} at {address} did not answer the handshake (is it this same \
+             antispider build, with this hostfile?)"
+        )
+    })?;
+    stream.set_read_timeout(None)?;
+    if let Some(why) = ours.mismatch(peer, &Agreement::from_words(theirs)) {
+        return Err(anyhow!(why));
+    }
+    Ok(stream)
+}
+
+/// Accepts the processes above `me`, checks each one's agreement and answers with ours.
+fn accept_from(
+    address: &str,
+    me: usize,
+    processes: usize,
+    ours: Agreement,
+) -> anyhow::Result<Vec<Option<std::net::TcpStream>>> {
+    let mut streams: Vec<Option<std::net::TcpStream>> = (me + 1..processes).map(|_| None).collect();
+    if streams.is_empty() {
+        return Ok(streams);
+    }
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("cannot listen on {address} (this process's hostfile line)"))?;
+    while streams.iter().any(Option::is_none) {
+        let (mut stream, from) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let Ok([magic, index, a, b, c, d, e]) = read_words::<7>(&mut stream) else {
+            tracing::warn!("{from} connected to the cluster port without a handshake; ignored");
+            continue;
+        };
+        let index = index as usize;
+        if magic != HANDSHAKE_MAGIC || index <= me || index >= processes {
+            tracing::warn!("{from} connected to the cluster port with a bad handshake; ignored");
+            continue;
+        }
+        stream.set_read_timeout(None)?;
+        write_words(&mut stream, &ours.to_words())?;
+        if let Some(why) = ours.mismatch(index, &Agreement::from_words([a, b, c, d, e])) {
+            return Err(anyhow!(why));
+        }
+        streams[index - me - 1] = Some(stream);
+    }
+    Ok(streams)
 }
 
 /// Reads a timely hostfile: one `host:port` per line; blank lines and `#` comments are

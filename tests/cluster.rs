@@ -40,8 +40,26 @@ fn free_ports() -> [u16; 2] {
 
 /// Runs `replay` as a 2-process cluster with `threads` workers per process into `out`.
 fn replay_cluster(dir: &Path, log: &Path, out: &Path, threads: usize) {
+    let (ok0, err0, ok1, err1) = start_cluster(dir, log, out, [threads, threads]);
+    assert!(
+        ok0 && ok1,
+        "cluster -w {threads} failed\nprocess 0:\n{err0}\nprocess 1:\n{err1}"
+    );
+    for err in [&err0, &err1] {
+        assert!(err.contains(&format!("workers {threads}")), "{err}");
+    }
+}
+
+/// Runs `replay` as a 2-process cluster, process `p` with `threads[p]` workers; returns each
+/// process's success and stderr.
+fn start_cluster(
+    dir: &Path,
+    log: &Path,
+    out: &Path,
+    threads: [usize; 2],
+) -> (bool, String, bool, String) {
     let [p0, p1] = free_ports();
-    let hostfile = dir.join(format!("hosts-{threads}"));
+    let hostfile = dir.join(format!("hosts-{}-{}", threads[0], threads[1]));
     std::fs::write(&hostfile, format!("127.0.0.1:{p0}\n127.0.0.1:{p1}\n")).unwrap();
     let spawn = |process: usize| {
         Command::new(bin())
@@ -51,7 +69,7 @@ fn replay_cluster(dir: &Path, log: &Path, out: &Path, threads: usize) {
             .arg(rules_dir())
             .arg("--out")
             .arg(out)
-            .args(["-w", &threads.to_string(), "-n", "2"])
+            .args(["-w", &threads[process].to_string(), "-n", "2"])
             .args(["-p", &process.to_string()])
             .arg("-h")
             .arg(&hostfile)
@@ -66,12 +84,36 @@ fn replay_cluster(dir: &Path, log: &Path, out: &Path, threads: usize) {
     let limit = Duration::from_secs(300);
     let (ok0, err0) = support::wait_child(first, Instant::now() + limit);
     let (ok1, err1) = support::wait_child(second, Instant::now() + limit);
+    (ok0, err0, ok1, err1)
+}
+
+#[test]
+fn processes_with_different_worker_counts_refuse_to_start_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("traffic.cs.log");
+    run_ok(&[
+        "gen",
+        "--lines",
+        "2000",
+        "--minutes",
+        "2",
+        "-o",
+        log.to_str().unwrap(),
+    ]);
+    let out = dir.path().join("out");
+    let (ok0, err0, ok1, err1) = start_cluster(dir.path(), &log, &out, [1, 2]);
+    assert!(!ok0 && !ok1, "process 0:\n{err0}\nprocess 1:\n{err1}");
     assert!(
-        ok0 && ok1,
-        "cluster -w {threads} failed\nprocess 0:\n{err0}\nprocess 1:\n{err1}"
+        err0.contains("workers per process (-w, engine.workers): 1 here, 2 in process 1"),
+        "{err0}"
     );
+    assert!(
+        err1.contains("workers per process (-w, engine.workers): 2 here, 1 in process 0"),
+        "{err1}"
+    );
+    // A clean refusal, not a panic in timely's network threads.
     for err in [&err0, &err1] {
-        assert!(err.contains(&format!("workers {threads}")), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
     }
 }
 
