@@ -192,21 +192,20 @@ pub fn window<'s, D: differential_dataflow::Data>(
     use timely::dataflow::operators::Capability;
 
     type Updates<D> = Vec<(D, Time, isize)>;
-    type Due<D> = (Capability<Time>, Updates<D>);
-    /// Adds retractions of time `at` to those due then (with a capability for `at`).
+    /// The retractions of one time: a capability for it, and the chunks (one per message
+    /// that held events of that tick, allocated to size and sent on as they are).
+    type Due<D> = (Capability<Time>, Vec<Updates<D>>);
+    /// Adds a chunk of retractions of time `at` to those due then.
     fn stash<D>(
         due: &mut BTreeMap<Time, Due<D>>,
         capability: &Capability<Time>,
         at: Time,
-        mut list: Updates<D>,
+        chunk: Updates<D>,
     ) {
-        use std::collections::btree_map::Entry;
-        match due.entry(at) {
-            Entry::Vacant(slot) => {
-                slot.insert((capability.delayed(&at), list));
-            }
-            Entry::Occupied(mut slot) => slot.get_mut().1.append(&mut list),
-        }
+        due.entry(at)
+            .or_insert_with(|| (capability.delayed(&at), Vec::new()))
+            .1
+            .push(chunk);
     }
 
     let w = spec.length_ms;
@@ -220,42 +219,44 @@ pub fn window<'s, D: differential_dataflow::Data>(
                     let Some(capability) = stamp.retain_least(0) else {
                         return;
                     };
-                    // The events of a message mostly share a tick: one map lookup per run.
-                    let mut run: Option<(Time, Updates<D>)> = None;
-                    for (e, t, r) in data.iter() {
-                        let expiry = t + w;
-                        match run.as_mut() {
-                            Some((at, list)) if *at == expiry => list.push((e.clone(), expiry, -r)),
-                            _ => {
-                                if let Some((at, list)) = run.take() {
-                                    stash(&mut due, &capability, at, list);
-                                }
-                                run = Some((expiry, vec![(e.clone(), expiry, -r)]));
-                            }
-                        }
-                    }
-                    if let Some((at, list)) = run {
-                        stash(&mut due, &capability, at, list);
+                    // The events of a message mostly share a tick: one chunk per run of a
+                    // tick, sized exactly.
+                    let mut start = 0;
+                    while start < data.len() {
+                        let expiry = data[start].1 + w;
+                        let len = data[start..]
+                            .iter()
+                            .take_while(|(_, t, _)| t + w == expiry)
+                            .count();
+                        let chunk: Updates<D> = data[start..start + len]
+                            .iter()
+                            .map(|(e, _, r)| (e.clone(), expiry, -r))
+                            .collect();
+                        stash(&mut due, &capability, expiry, chunk);
+                        start += len;
                     }
                     output.session(&capability).give_container(data);
                 });
                 // Every input time before an expiry has passed: no later event can still be
                 // retracted earlier, so the retractions of that time go out now, together
-                // with that tick's own events. All that are due go in one message, under the
-                // earliest one's capability.
+                // with that tick's own events. All that are due go under the earliest one's
+                // capability.
                 let mut released: Option<Due<D>> = None;
                 while let Some(entry) = due.first_entry() {
                     if frontier.less_than(entry.key()) {
                         break;
                     }
-                    let (capability, mut retractions) = entry.remove();
+                    let (capability, mut chunks) = entry.remove();
                     match released.as_mut() {
-                        Some((_, all)) => all.append(&mut retractions),
-                        None => released = Some((capability, retractions)),
+                        Some((_, all)) => all.append(&mut chunks),
+                        None => released = Some((capability, chunks)),
                     }
                 }
-                if let Some((capability, mut retractions)) = released {
-                    output.session(&capability).give_container(&mut retractions);
+                if let Some((capability, chunks)) = released {
+                    let mut session = output.session(&capability);
+                    for mut chunk in chunks {
+                        session.give_container(&mut chunk);
+                    }
                 }
             }
         })
