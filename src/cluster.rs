@@ -95,39 +95,59 @@ impl Cluster {
         worker / self.threads
     }
 
-    /// The timely configuration: one thread, threads of one process, or a cluster (whose
-    /// connections the engine makes itself, with [`Cluster::connect`]).
-    pub fn timely_config(&self) -> timely::Config {
+    /// Starts `work` on this process's workers: on one thread, on threads of one process, or
+    /// as this process's part of a cluster.
+    ///
+    /// A cluster's connections are made here rather than by timely: timely's own scheme
+    /// (process `i` connects to every lower one and accepts every higher one) with a check
+    /// added. Both ends of a connection exchange their [`Agreement`] and refuse to start if it
+    /// differs; timely does not check this, and processes with different worker counts panic
+    /// inside its network threads.
+    pub fn execute<T, F>(
+        &self,
+        window: &crate::config::WindowConfig,
+        work: F,
+    ) -> anyhow::Result<timely::communication::WorkerGuards<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Worker) -> T + Send + Sync + 'static,
+    {
         use timely::CommunicationConfig;
-        let communication = if self.processes > 1 {
-            CommunicationConfig::Cluster {
-                threads: self.threads,
-                process: self.process,
-                addresses: self.addresses.clone(),
-                report: false,
-                zerocopy: false,
-            }
-        } else if self.threads > 1 {
-            CommunicationConfig::Process(self.threads)
+        let started = if self.processes > 1 {
+            let ours = Agreement {
+                threads: self.threads as u64,
+                processes: self.processes as u64,
+                window_length_ms: window.length_ms,
+                window_slide_ms: window.slide_ms,
+                allowed_lateness_ms: window.allowed_lateness_ms,
+            };
+            let (allocators, network) = self.connect(ours)?;
+            timely::execute::execute_from(
+                allocators,
+                network,
+                timely::WorkerConfig::default(),
+                work,
+            )
         } else {
-            CommunicationConfig::Thread
+            let communication = if self.threads > 1 {
+                CommunicationConfig::Process(self.threads)
+            } else {
+                CommunicationConfig::Thread
+            };
+            let config = timely::Config {
+                communication,
+                worker: timely::WorkerConfig::default(),
+            };
+            timely::execute(config, work)
         };
-        timely::Config {
-            communication,
-            worker: timely::WorkerConfig::default(),
-        }
+        started.map_err(|e| anyhow!("cannot start timely workers: {e}"))
     }
 
-    /// Connects this process to the others of the cluster and builds timely's allocators over
-    /// those connections (for [`timely::execute::execute_from`]).
-    ///
-    /// This is timely's own connection set-up (process `i` connects to every lower one and
-    /// accepts every higher one) with a check added: both ends of a connection exchange
-    /// [`Agreement`] and refuse to start if it differs. Timely does not check this; processes
-    /// with different worker counts, started together, panic inside its network threads.
-    pub fn connect(
+    /// Connects this process to the others of the cluster (see [`Cluster::execute`]) and
+    /// builds timely's allocators over those connections.
+    fn connect(
         &self,
-        agreement: Agreement,
+        ours: Agreement,
     ) -> anyhow::Result<(
         Vec<timely::communication::AllocatorBuilder>,
         Box<dyn std::any::Any + Send>,
@@ -136,21 +156,16 @@ impl Cluster {
         use timely::communication::allocator::ProcessBuilder;
         use timely::communication::{AllocatorBuilder, Hooks};
 
-        let agreement = Agreement {
-            threads: self.threads as u64,
-            processes: self.processes as u64,
-            ..agreement
-        };
         let me = self.process;
         let lower: Vec<String> = self.addresses[..me].to_vec();
         let connecting = std::thread::spawn(move || -> anyhow::Result<Vec<_>> {
             lower
                 .iter()
                 .enumerate()
-                .map(|(peer, address)| connect_to(address, peer, me, agreement).map(Some))
+                .map(|(peer, address)| connect_to(address, peer, me, ours).map(Some))
                 .collect()
         });
-        let mut higher = accept_from(&self.addresses[me], me, self.processes, agreement)?;
+        let mut higher = accept_from(&self.addresses[me], me, self.processes, ours)?;
         let mut sockets = connecting
             .join()
             .map_err(|_| anyhow!("the thread connecting to the other processes panicked"))??;
@@ -192,17 +207,17 @@ impl Cluster {
 }
 
 /// What every process of a cluster must agree on, exchanged when the processes connect.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Agreement {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Agreement {
     /// Worker threads per process (`-w`, `engine.workers`).
-    pub threads: u64,
+    threads: u64,
     /// Processes in the cluster (`-n`, `engine.processes`).
-    pub processes: u64,
+    processes: u64,
     /// `window.length_ms`, `window.slide_ms` and `window.allowed_lateness_ms`: every process
     /// must close the same ticks.
-    pub window_length_ms: u64,
-    pub window_slide_ms: u64,
-    pub allowed_lateness_ms: u64,
+    window_length_ms: u64,
+    window_slide_ms: u64,
+    allowed_lateness_ms: u64,
 }
 
 /// Marks an antispider handshake (a timely process from elsewhere sends only its index).

@@ -232,7 +232,6 @@ pub fn run_with(
 
     let started = Instant::now();
     let progress = opts.progress.then(|| progress_bar(shared.clone()));
-    let timely_config = cluster.timely_config();
     if cluster.processes > 1 {
         tracing::info!(
             "process {} of {}, {} workers each; connecting to {}",
@@ -244,22 +243,10 @@ pub fn run_with(
     }
     let live = opts.live;
     let shared_w = shared.clone();
-    let agreement = crate::cluster::Agreement {
-        window_length_ms: cfg.window.length_ms,
-        window_slide_ms: cfg.window.slide_ms,
-        allowed_lateness_ms: cfg.window.allowed_lateness_ms,
-        ..Default::default()
-    };
-    let work =
-        move |worker: &mut timely::worker::Worker| worker_main(worker, &cfg, live, &shared_w);
-    let guards = if cluster.processes > 1 {
-        // Connected here rather than by timely, to check first that the processes agree.
-        let (allocators, network) = cluster.connect(agreement)?;
-        timely::execute::execute_from(allocators, network, timely_config.worker, work)
-    } else {
-        timely::execute(timely_config, work)
-    }
-    .map_err(|e| anyhow::anyhow!("cannot start timely workers: {e}"))?;
+    let window = cfg.window.clone();
+    let guards = cluster.execute(&window, move |worker| {
+        worker_main(worker, &cfg, live, &shared_w)
+    })?;
 
     let mut counters = Counters::default();
     let mut ips = BTreeSet::new();

@@ -184,8 +184,9 @@ pub fn decide(ind: &Indicators, rules: &[FlowRule]) -> Vec<(String, Decision)> {
 /// The flow rules are folded into one sorted list on every partition
 /// ([`list_per_partition`]); each changed indicator record is scored against it in the join
 /// itself. Most IPs hit nothing, so almost nothing leaves the join, and a rule change
-/// re-scores every IP in the window at once. The output is not consolidated: a blacklisted IP whose indicators change emits its decision's
-/// retraction and re-insertion at that tick (the reader consolidates).
+/// re-scores every IP in the window at once. The output is not consolidated: a blacklisted
+/// IP whose indicators change emits its decision's retraction and re-insertion at that tick
+/// (the reader consolidates).
 pub fn blacklist<'s>(
     indicators: Coll<'s, (IpAddr, Indicators)>,
     flow_rules: Coll<'s, FlowRule>,
