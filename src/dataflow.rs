@@ -344,16 +344,17 @@ pub fn build_with(
             .distinct_total();
         let critical_rules = critical_pages.map(|c| (c.id, c.critical_page_match_expression));
 
-        let block_thresholds = scoring::block_thresholds(flow_rules.clone());
-        let (by_ip, block_counts) =
-            rulecompute::indicators(events, critical_rules, thresholds, block_thresholds, spec);
+        let (by_ip, per_block) = rulecompute::indicators(events, critical_rules, thresholds, spec);
+        let block_counts = rulecompute::arrange_everywhere(per_block.clone());
+        let block_levels =
+            rulecompute::block_levels(per_block, scoring::block_thresholds(flow_rules.clone()));
         let indicator_trace = by_ip.trace.clone();
         let block_trace = block_counts.trace.clone();
         let indicators = by_ip.clone().as_collection(|ip, ind| (*ip, ind.clone()));
 
         let decision_capture: Captured<DecisionRow> = Rc::new(RefCell::new(Vec::new()));
         let sink = decision_capture.clone();
-        let (probe, _) = scoring::blacklist(indicators, flow_rules)
+        let (probe, _) = scoring::blacklist(indicators, flow_rules, block_levels)
             .inner
             // To the worker that holds the IP's indicators, which explain the decision.
             .exchange(|(((_, ip), _), _, _): &(DecisionRow, Time, isize)| ip.hashed())

@@ -9,7 +9,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rulecompute::{list_per_partition, partition_of, Coll, Indicators, INDICATOR_NAMES};
+use crate::rulecompute::{
+    block_of, block_partition, one_list, Block, Coll, Indicators, Time, INDICATOR_NAMES, PARTITIONS,
+};
 use crate::rules::{OrdF64, ProcessInfo, Rule, RuleMaintenance, Strategy};
 
 /// One rule of one running flow, with what the score needs of its flow.
@@ -179,24 +181,100 @@ pub fn decide(ind: &Indicators, rules: &[FlowRule]) -> Vec<(String, Decision)> {
     out
 }
 
+/// What scores the IPs of one partition: the flow rules, and the level (indicator 7 as
+/// scoring sees it, see `rulecompute::block_levels`) of the partition's blocks whose level is
+/// above 0, sorted by block.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ScoringContext {
+    pub rules: Vec<FlowRule>,
+    pub busy_blocks: Vec<(Block, i64)>,
+}
+
+impl ScoringContext {
+    /// The decisions for `ip` with these indicators (indicator 7 from `busy_blocks`).
+    pub fn decide(&self, ip: &IpAddr, ind: &Indicators) -> Vec<(String, Decision)> {
+        let block = block_of(ip);
+        let level = self
+            .busy_blocks
+            .binary_search_by_key(&block, |(b, _)| *b)
+            .map_or(0, |i| self.busy_blocks[i].1);
+        let mut ind = ind.clone();
+        ind.ip_block = level;
+        decide(&ind, &self.rules)
+    }
+}
+
+/// The scoring contexts, arranged by block partition.
+type ScoringContexts<'s> = differential_dataflow::operators::arrange::Arranged<
+    's,
+    differential_dataflow::operators::arrange::TraceAgent<ContextSpine>,
+>;
+type ContextSpine =
+    differential_dataflow::trace::implementations::ValSpine<u64, ScoringContext, Time, isize>;
+
+/// Either half of a [`ScoringContext`], keyed by block partition.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum ContextPart {
+    Rules(Vec<FlowRule>),
+    BusyBlock(Block, i64),
+}
+
+/// The [`ScoringContext`] of every block partition, arranged by partition; none while no flow
+/// rule runs. A rule change rebuilds every partition's context; a block crossing an `ipBlock`
+/// threshold rebuilds only its partition's.
+fn scoring_contexts<'s>(
+    flow_rules: Coll<'s, FlowRule>,
+    block_levels: Coll<'s, (Block, i64)>,
+) -> ScoringContexts<'s> {
+    use differential_dataflow::trace::implementations::ValBuilder;
+    one_list(flow_rules, "FlowRuleList")
+        .flat_map(|list| (0..PARTITIONS).map(move |p| (p, ContextPart::Rules(list.clone()))))
+        .concat(
+            block_levels.map(|(b, level)| (block_partition(&b), ContextPart::BusyBlock(b, level))),
+        )
+        .arrange_by_key_named("Arrange: ScoringContext parts")
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ContextSpine, _, _>(
+            "ScoringContext",
+            |_p, input, output| {
+                let mut rules = None;
+                let mut busy_blocks = Vec::new();
+                for (part, _) in input {
+                    match part {
+                        ContextPart::Rules(list) => rules = Some(list.clone()),
+                        ContextPart::BusyBlock(b, level) => busy_blocks.push((*b, *level)),
+                    }
+                }
+                if let Some(rules) = rules {
+                    output.push((ScoringContext { rules, busy_blocks }, 1));
+                }
+            },
+            |vec, p: &u64, updates| {
+                vec.clear();
+                vec.extend(updates.drain(..).map(|(v, t, r)| ((*p, v), t, r)));
+            },
+        )
+}
+
 /// The blacklist: (flow id, IP) → decision, for every IP whose flow score is above threshold.
 ///
-/// The flow rules are folded into one sorted list on every partition
-/// ([`list_per_partition`]); each changed indicator record is scored against it in the join
-/// itself. Most IPs hit nothing, so almost nothing leaves the join, and a rule change
-/// re-scores every IP in the window at once. The output is not consolidated: a blacklisted
-/// IP whose indicators change emits its decision's retraction and re-insertion at that tick
-/// (the reader consolidates).
+/// Each changed indicator record is scored in the join itself against its block partition's
+/// [`ScoringContext`] (the flow rules, and the levels of the busy /16 blocks). Most IPs hit
+/// nothing, so almost nothing leaves the join; a rule change re-scores every IP in the window
+/// at once, and a block crossing an `ipBlock` threshold re-scores the IPs of its partition.
+/// The output is not consolidated: a blacklisted IP whose indicators change emits its
+/// decision's retraction and re-insertion at that tick (the reader consolidates).
 pub fn blacklist<'s>(
     indicators: Coll<'s, (IpAddr, Indicators)>,
     flow_rules: Coll<'s, FlowRule>,
+    block_levels: Coll<'s, (Block, i64)>,
 ) -> Coll<'s, ((String, IpAddr), Decision)> {
-    let rule_list = list_per_partition(flow_rules, "FlowRuleList");
+    let contexts = scoring_contexts(flow_rules, block_levels);
     indicators
-        .map(|(ip, ind)| (partition_of(&ip), (ip, ind)))
-        .join_core(rule_list, |_p, (ip, ind), rules| {
+        .map(|(ip, ind)| (block_partition(&block_of(&ip)), (ip, ind)))
+        .join_core(contexts, |_p, (ip, ind), context| {
             let ip = *ip;
-            decide(ind, rules)
+            context
+                .decide(&ip, ind)
                 .into_iter()
                 .map(move |(flow_id, decision)| ((flow_id, ip), decision))
         })

@@ -50,13 +50,22 @@ pub fn list_per_partition<'s, T: differential_dataflow::ExchangeData>(
     rows: Coll<'s, T>,
     name: &str,
 ) -> ListPerPartition<'s, T> {
+    one_list(rows, name)
+        .flat_map(|list| (0..PARTITIONS).map(move |p| (p, list.clone())))
+        .arrange_by_key()
+}
+
+/// One small collection (rule rows) as a single sorted list (absent while `rows` is empty).
+pub fn one_list<'s, T: differential_dataflow::ExchangeData>(
+    rows: Coll<'s, T>,
+    name: &str,
+) -> Coll<'s, Vec<T>> {
     rows.map(|row| ((), row))
         .reduce_named(name, |_unit, input, output| {
             let list: Vec<T> = input.iter().map(|(row, _)| (*row).clone()).collect();
             output.push((list, 1isize));
         })
-        .flat_map(|((), list)| (0..PARTITIONS).map(move |p| (p, list.clone())))
-        .arrange_by_key()
+        .map(|((), list)| list)
 }
 
 /// SPEC §4's indicator names, in rule-number order 0..=7 (`rule_real_name`).
@@ -143,11 +152,14 @@ impl From<&WinEvent> for WinRecord {
 pub const ABSENT: u64 = 0;
 
 /// A deterministic 64-bit hash (same value in every worker and process of one build).
+///
+/// foldhash with a fixed seed, as differential's own exchange hash: every event hashes its
+/// request line, user agent and cookie, and SipHash cost ~4 % of a replay's parse + process.
 pub fn stable_hash<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
-    use std::hash::Hasher;
-    let mut h = std::hash::DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish().max(1)
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0)
+        .hash_one(value)
+        .max(1)
 }
 
 /// The /16 an address belongs to: first two IPv4 octets, or first two IPv6 hextets.
@@ -173,6 +185,11 @@ pub fn block_of(ip: &IpAddr) -> Block {
 /// Partition of an IP for the broadcast joins (see [`PARTITIONS`]).
 pub fn partition_of(ip: &IpAddr) -> u64 {
     stable_hash(ip) % PARTITIONS
+}
+
+/// Partition of a /16 block (and of every IP in it) for the joins that need the block.
+pub fn block_partition(block: &Block) -> u64 {
+    stable_hash(block) % PARTITIONS
 }
 
 /// Puts every event in the window: inserted at its tick, retracted `W` later.
@@ -286,9 +303,9 @@ pub struct Indicators {
     pub critical_cookies: i64,
     /// 6 `flightQuery`: distinct (depCity, arrCity, flightDate) queried.
     pub flight_query: i64,
-    /// 7 `ipBlock`: requests from the IP's /16. Inside the dataflow this is the block's
-    /// [`block_level`]; [`crate::dataflow::Pipeline::indicators_at`] and the blacklist entries
-    /// carry the exact count.
+    /// 7 `ipBlock`: requests from the IP's /16. Not set by the gather: scoring uses the
+    /// block's [`block_level`] ([`block_levels`]); [`crate::dataflow::Pipeline::indicators_at`]
+    /// and the blacklist entries carry the exact count.
     pub ip_block: i64,
 }
 
@@ -353,15 +370,11 @@ pub enum Part {
     CriticalCookie,
     /// 6: a distinct journey of the IP.
     FlightQuery,
-    /// 7: the [`block_level`] of the IP's /16.
-    IpBlock(i64),
 }
 
-/// What one shared `distinct_total` makes distinct: the values the distinct indicators count,
-/// and the IPs in the window (for indicator 7).
+/// What one shared `distinct_total` makes distinct: the values the distinct indicators count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Distinct {
-    Ip(IpAddr),
     UserAgent(IpAddr, u64),
     CriticalCookie(IpAddr, u64),
     Journey(IpAddr, u64),
@@ -379,27 +392,24 @@ pub type BlockCounts<'s> = differential_dataflow::operators::arrange::Arranged<
     differential_dataflow::operators::arrange::TraceAgent<BlockCountSpine>,
 >;
 
-/// Indicators 0, 1, 2, 5, 6 and 7 for every IP in the window, and the exact block counts.
+/// Requests per /16 block in the window (indicator 7).
+pub type RequestsPerBlock<'s> = Coll<'s, (Block, i64)>;
+
+/// Indicators 0, 1, 2, 5 and 6 for every IP in the window as [`Part`]s, and the requests
+/// per /16 block (indicator 7).
 ///
 /// Indicators 0 and 1 are the requests themselves as unit [`Part`]s. The distinct ones share
 /// one `distinct_total`, whose output (each distinct value once) is again a unit part per IP.
-/// Only the /16 blocks are counted by an operator.
-///
-/// Indicator 7 is given to the IPs as its [`block_level`] under `block_thresholds` (the `arg0`
-/// of the running `ipBlock` rules): a busy /16 changes its count at every tick, and passing
-/// the exact count on would re-score every IP of the block each time.
+/// Only the /16 blocks are counted by an operator; scoring reads them as [`block_levels`].
 pub fn count_indicators<'s>(
     events: Coll<'s, WinRecord>,
     critical: Coll<'s, CriticalEvent>,
-    block_thresholds: Coll<'s, OrdF64>,
-) -> (Coll<'s, (IpAddr, Part)>, BlockCounts<'s>) {
+) -> (Coll<'s, (IpAddr, Part)>, RequestsPerBlock<'s>) {
     let distinct = events
         .clone()
         .flat_map(|e| {
             let journey = e.journey_hash.map(|j| Distinct::Journey(e.ip, j));
-            [Distinct::Ip(e.ip), Distinct::UserAgent(e.ip, e.ua_hash)]
-                .into_iter()
-                .chain(journey)
+            std::iter::once(Distinct::UserAgent(e.ip, e.ua_hash)).chain(journey)
         })
         .concat(
             critical
@@ -413,32 +423,21 @@ pub fn count_indicators<'s>(
         .map(|e| block_of(&e.ip))
         .count_total()
         .map(|(b, n)| (b, n as i64));
-    let block_counts = arrange_everywhere(per_block.clone());
-    // Indicator 7 belongs to every IP of the block that is in the window.
-    let live_ips = distinct.clone().flat_map(|d| match d {
-        Distinct::Ip(ip) => Some((block_of(&ip), ip)),
-        _ => None,
-    });
-    let block_parts = live_ips
-        .join(block_levels(per_block, block_thresholds))
-        .map(|(_, (ip, level))| (ip, Part::IpBlock(level)));
 
     let parts = events
         .map(|e| (e.ip, Part::Request))
         .concat(critical.map(|(ip, _, _)| (ip, Part::CriticalPage)))
-        .concat(distinct.flat_map(|d| match d {
-            Distinct::Ip(_) => None,
-            Distinct::UserAgent(ip, _) => Some((ip, Part::UserAgent)),
-            Distinct::CriticalCookie(ip, _) => Some((ip, Part::CriticalCookie)),
-            Distinct::Journey(ip, _) => Some((ip, Part::FlightQuery)),
-        }))
-        .concat(block_parts);
-    (parts, block_counts)
+        .concat(distinct.map(|d| match d {
+            Distinct::UserAgent(ip, _) => (ip, Part::UserAgent),
+            Distinct::CriticalCookie(ip, _) => (ip, Part::CriticalCookie),
+            Distinct::Journey(ip, _) => (ip, Part::FlightQuery),
+        }));
+    (parts, per_block)
 }
 
 /// Arranges the block counts on every worker (a few thousand blocks; each changes at most
 /// once per tick), so that any worker can put the exact count next to its own IPs.
-fn arrange_everywhere(per_block: Coll<'_, (Block, i64)>) -> BlockCounts<'_> {
+pub fn arrange_everywhere(per_block: Coll<'_, (Block, i64)>) -> BlockCounts<'_> {
     use differential_dataflow::operators::arrange::arrangement::arrange_core;
     use differential_dataflow::trace::implementations::ValBatcher;
     use timely::dataflow::channels::pact::Pipeline;
@@ -461,15 +460,21 @@ pub fn block_level(count: i64, thresholds: &[OrdF64]) -> i64 {
         .fold(0, i64::max)
 }
 
-/// Each block's [`block_level`]: changes only when the count crosses a rule's threshold.
-fn block_levels<'s>(
+/// Indicator 7 as scoring sees it: the [`block_level`] of each block whose level is above 0
+/// (any other block's level is 0) under `thresholds` (the `arg0` of the running `ipBlock`
+/// rules). A busy /16 changes its count at every tick; its level changes only when the
+/// count crosses a rule's threshold, so the IPs of the block are re-scored only then.
+pub fn block_levels<'s>(
     per_block: Coll<'s, (Block, i64)>,
     thresholds: Coll<'s, OrdF64>,
 ) -> Coll<'s, (Block, i64)> {
     let lists = list_per_partition(thresholds, "BlockThresholdList");
     per_block
-        .map(|(b, n)| (stable_hash(&b) % PARTITIONS, (b, n)))
-        .join_core(lists, |_p, &(b, n), list| Some((b, block_level(n, list))))
+        .map(|(b, n)| (block_partition(&b), (b, n)))
+        .join_core(lists, |_p, &(b, n), list| {
+            let level = block_level(n, list);
+            (level > 0).then_some((b, level))
+        })
 }
 
 /// The trace type of the indicators, arranged by IP.
@@ -506,7 +511,6 @@ pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
                     Part::IntervalBucket(bucket, summary) => buckets.push((*bucket, summary)),
                     Part::CriticalCookie => ind.critical_cookies = count,
                     Part::FlightQuery => ind.flight_query = count,
-                    Part::IpBlock(level) => ind.ip_block = *level,
                 }
             }
             if !buckets.is_empty() {
@@ -526,7 +530,8 @@ pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
     )
 }
 
-/// All 8 indicators for every IP in the window.
+/// The indicators of every IP in the window (all but 7, arranged by IP), and the requests
+/// per /16 block (indicator 7).
 ///
 /// * `events`: processed requests at their tick (not yet windowed);
 /// * `critical_rules`: `(rule id, regex)` rows of `nh_query_critical_pages`;
@@ -535,16 +540,15 @@ pub fn indicators<'s>(
     events: Coll<'s, WinEvent>,
     critical_rules: Coll<'s, (i64, String)>,
     interval_thresholds: Coll<'s, i64>,
-    block_thresholds: Coll<'s, OrdF64>,
     spec: WindowSpec,
-) -> (IndicatorsByIp<'s>, BlockCounts<'s>) {
+) -> (IndicatorsByIp<'s>, RequestsPerBlock<'s>) {
     let request_lines = window(events.clone().map(|e| (e.request_hash, e.request)), spec);
     let events = window(events.map(|e| WinRecord::from(&e)), spec);
     let critical = critical_events(events.clone(), request_lines, critical_rules);
 
-    let (counts, block_counts) = count_indicators(events, critical.clone(), block_thresholds);
+    let (counts, per_block) = count_indicators(events, critical.clone());
     let parts = counts.concat(interval_parts(critical, interval_thresholds));
-    (gather(parts), block_counts)
+    (gather(parts), per_block)
 }
 
 #[cfg(test)]
