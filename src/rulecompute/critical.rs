@@ -5,7 +5,7 @@
 //! `RegexSet` pass. When a rule is added or removed, the pattern list changes, every distinct
 //! request is matched again, and the critical events already in the window follow.
 
-use super::{list_per_partition, Coll, CriticalEvent, WinRecord, PARTITIONS};
+use super::{list_per_partition, Coll, CriticalEvent, Thresholds, WinRecord, PARTITIONS};
 use differential_dataflow::operators::ThresholdTotal;
 use regex::RegexSet;
 
@@ -54,15 +54,29 @@ pub fn critical_requests<'s>(
         })
 }
 
-/// The critical requests of the window, as `(ip, t_ms, cookie hash)`.
+/// The critical requests of the window, as `(ip, t_ms, cookie hash, interval thresholds)`.
+///
+/// The interval thresholds (`rulecompute::intervals`) ride on the critical requests: they are
+/// joined once per distinct critical request line, not once per interval bucket, and a
+/// threshold change re-emits the critical events of the window, so their buckets are summed
+/// up again under the new thresholds.
 pub fn critical_events<'s>(
     events: Coll<'s, WinRecord>,
     request_lines: Coll<'s, (u64, String)>,
     rules: Coll<'s, (i64, String)>,
+    interval_thresholds: Coll<'s, i64>,
 ) -> Coll<'s, CriticalEvent> {
-    let critical = critical_requests(request_lines, rules);
+    // Threshold 0 is always in force (see `dataflow::build_with`), so the list exists and
+    // critical requests pass also while no rule 4 runs (they carry indicator 3).
+    let thresholds = list_per_partition(interval_thresholds, "IntervalThresholdList");
+    let critical = critical_requests(request_lines, rules)
+        .map(|h| (h % PARTITIONS, h))
+        .join_core(thresholds, |_p, h, list| {
+            Some((*h, list.iter().copied().collect::<Thresholds>()))
+        });
     events
         .map(|e| (e.request_hash, (e.ip, e.t_ms, e.cookie_hash)))
-        .semijoin(critical)
-        .map(|(_, event)| event)
+        .join_map(critical, |_h, &(ip, t, cookie), thresholds| {
+            (ip, t, cookie, thresholds.clone())
+        })
 }

@@ -3,7 +3,8 @@
 //! Both depend on the gaps between consecutive critical requests of an IP. The gaps of the
 //! window are the gaps inside each time bucket plus the gaps between neighbouring non-empty
 //! buckets, whatever the buckets' length. So the work is split in two steps:
-//! 1. a reduce per (IP, bucket): first and last time and the sorted inner gaps ([`BucketGaps`]);
+//! 1. a reduce per (IP, bucket): first and last time, smallest inner gap, and the number of
+//!    inner gaps below each threshold ([`BucketSummary`]);
 //! 2. the IP's ≤ W/B bucket summaries are folded in time order by [`super::gather`], which
 //!    reads every part of the IP anyway ([`fold_buckets`]).
 //!
@@ -11,13 +12,14 @@
 //! with 1 s buckets a hot IP's per-IP fold re-read 300 summaries at every tick; with 10 s
 //! buckets it reads ≤ 31, and the bucket's own fold reads ≤ 10 s of that IP's events.
 //!
-//! Indicator 4 depends on the rule's interval (`arg0`), so the bucket summaries (not the
-//! events: one reduce per bucket serves every threshold) are joined with the sorted list of
-//! the thresholds in force, and each summary counts its gaps below every one of them.
+//! Indicator 4 depends on the rule's interval (`arg0`): every critical event carries the sorted
+//! list of the thresholds in force (see [`super::critical_events`]), and each bucket's summary
+//! counts its gaps below every one of them. A threshold change re-emits the critical events,
+//! and so re-sums their buckets.
 
 use std::net::IpAddr;
 
-use super::{list_per_partition, partition_of, Coll, CriticalEvent, LessThan, Part};
+use super::{Coll, CriticalEvent, LessThan, Part};
 use serde::{Deserialize, Serialize};
 
 /// Length of a time bucket of the first reduce (see the module notes).
@@ -27,7 +29,7 @@ const _: () = assert!(BUCKET_MS <= u16::MAX as u64);
 
 /// The critical requests of one IP in one bucket: first and last time (ms after the bucket's
 /// start), and the gaps between consecutive ones, sorted.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct BucketGaps {
     first: u16,
     last: u16,
@@ -91,26 +93,18 @@ pub struct BucketSummary {
 }
 
 /// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s).
-pub fn interval_parts<'s>(
-    critical: Coll<'s, CriticalEvent>,
-    thresholds: Coll<'s, i64>,
-) -> Coll<'s, (IpAddr, Part)> {
-    // The thresholds as one sorted list, on every partition of the join below. Threshold 0
-    // is always in force (see `dataflow::build_with`), so the list exists, empty or not, and
-    // the buckets reach the fold also while no rule 4 runs (they carry indicator 3).
-    let lists = list_per_partition(thresholds, "IntervalThresholdList");
+pub fn interval_parts<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr, Part)> {
     critical
-        .map(|(ip, t, _)| ((ip, t / BUCKET_MS), t))
+        .map(|(ip, t, _, thresholds)| ((ip, t / BUCKET_MS), (t, thresholds)))
         .reduce_named("IntervalBuckets", |_key, input, output| {
-            if let Some(b) = BucketGaps::of(input.iter().map(|(t, n)| (*t, *n))) {
-                output.push((b, 1));
+            // At any time every critical event carries the same thresholds.
+            let thresholds = &(input[0].0).1;
+            let times = input.iter().map(|((t, _), n)| (t, *n));
+            if let Some(b) = BucketGaps::of(times) {
+                output.push((b.summary(thresholds), 1));
             }
         })
-        .map(|((ip, bucket), gaps)| (partition_of(&ip), (ip, bucket, gaps)))
-        .join_core(lists, |_p, (ip, bucket, gaps), list| {
-            let summary = gaps.summary(list);
-            Some((*ip, Part::IntervalBucket(*bucket, summary)))
-        })
+        .map(|((ip, bucket), summary)| (ip, Part::IntervalBucket(bucket, summary)))
 }
 
 /// Indicators 3 and 4 of one IP from its bucket summaries in time order: the gaps of the

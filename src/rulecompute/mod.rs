@@ -380,8 +380,18 @@ enum Distinct {
     Journey(IpAddr, u64),
 }
 
-/// A critical request as the critical indicators see it.
-pub type CriticalEvent = (IpAddr, u64 /* t_ms */, u64 /* cookie hash */);
+/// A critical request as the critical indicators see it: IP, time (ms), cookie hash, and the
+/// indicator-4 thresholds in force (see [`critical_events`]).
+pub type CriticalEvent = (
+    IpAddr,
+    u64, /* t_ms */
+    u64, /* cookie hash */
+    Thresholds,
+);
+
+/// The interval thresholds in force (ms, ascending; 0 always among them), carried by each
+/// critical event to the interval buckets: inline for one flow's rule 4 and the built-in 0.
+pub type Thresholds = smallvec::SmallVec<[i64; 2]>;
 
 /// Requests per /16 block in the window, arranged by block: the exact indicator 7 that reports
 /// show (scoring sees [`block_levels`] instead).
@@ -414,7 +424,7 @@ pub fn count_indicators<'s>(
         .concat(
             critical
                 .clone()
-                .map(|(ip, _, c)| Distinct::CriticalCookie(ip, c)),
+                .map(|(ip, _, c, _)| Distinct::CriticalCookie(ip, c)),
         )
         .distinct_total();
 
@@ -426,7 +436,7 @@ pub fn count_indicators<'s>(
 
     let parts = events
         .map(|e| (e.ip, Part::Request))
-        .concat(critical.map(|(ip, _, _)| (ip, Part::CriticalPage)))
+        .concat(critical.map(|(ip, _, _, _)| (ip, Part::CriticalPage)))
         .concat(distinct.map(|d| match d {
             Distinct::UserAgent(ip, _) => (ip, Part::UserAgent),
             Distinct::CriticalCookie(ip, _) => (ip, Part::CriticalCookie),
@@ -544,10 +554,15 @@ pub fn indicators<'s>(
 ) -> (IndicatorsByIp<'s>, RequestsPerBlock<'s>) {
     let request_lines = window(events.clone().map(|e| (e.request_hash, e.request)), spec);
     let events = window(events.map(|e| WinRecord::from(&e)), spec);
-    let critical = critical_events(events.clone(), request_lines, critical_rules);
+    let critical = critical_events(
+        events.clone(),
+        request_lines,
+        critical_rules,
+        interval_thresholds,
+    );
 
     let (counts, per_block) = count_indicators(events, critical.clone());
-    let parts = counts.concat(interval_parts(critical, interval_thresholds));
+    let parts = counts.concat(interval_parts(critical));
     (gather(parts), per_block)
 }
 
