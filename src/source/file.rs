@@ -68,6 +68,34 @@ impl FileSource {
 }
 
 impl FileSource {
+    /// Takes the next line straight from the read buffer when it is there whole (nearly
+    /// always): a line of another worker is skipped without a copy, a line of this worker is
+    /// copied once, to size. Every worker scans the whole file, so this scan is per line read,
+    /// not per line kept (2 workers: it was ~15 % of a replay's time).
+    fn next_line_in_buffer(
+        &mut self,
+        buf: &mut Vec<RawLine>,
+        got: &mut usize,
+    ) -> std::io::Result<bool> {
+        let mine = (self.line_no + 1) % self.shard.1 == self.shard.0;
+        let found = {
+            let available = self.reader.fill_buf()?;
+            memchr::memchr(b'\n', available)
+                .map(|pos| (pos + 1, mine.then(|| available[..=pos].to_vec())))
+        };
+        let Some((len, bytes)) = found else {
+            return Ok(false);
+        };
+        self.reader.consume(len);
+        self.offset += len as u64;
+        self.line_no += 1;
+        if let Some(bytes) = bytes {
+            buf.push(self.raw(bytes));
+            *got += 1;
+        }
+        Ok(true)
+    }
+
     fn raw(&self, bytes: Vec<u8>) -> RawLine {
         RawLine {
             no: self.line_no,
@@ -83,6 +111,9 @@ impl LineSource for FileSource {
     fn poll(&mut self, buf: &mut Vec<RawLine>, max: usize) -> std::io::Result<Poll> {
         let mut got = 0;
         while got < max {
+            if self.partial.is_empty() && self.next_line_in_buffer(buf, &mut got)? {
+                continue;
+            }
             let mut line = std::mem::take(&mut self.partial);
             let n = (&mut self.reader)
                 .take((MAX_KEEP - line.len().min(MAX_KEEP)) as u64 + 1)
@@ -152,5 +183,47 @@ mod tests {
         assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Data);
         assert_eq!(buf[0].bytes, b"l4-end\n");
         assert_eq!(buf.len(), 2);
+    }
+
+    #[test]
+    fn lines_across_buffer_refills_and_oversize_lines_split_the_same_way_for_every_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.log");
+        let mut text = Vec::new();
+        let mut lines = Vec::new();
+        for i in 0..3000 {
+            let line = if i == 1500 {
+                vec![b'x'; MAX_KEEP + 100]
+            } else {
+                format!("{i} {}", "y".repeat(i % 1400)).into_bytes()
+            };
+            text.extend_from_slice(&line);
+            text.push(b'\n');
+            lines.push(line);
+        }
+        std::fs::write(&p, &text).unwrap();
+        let read_all = |shard: (usize, usize)| {
+            let mut s = FileSource::open(&p, LogFormat::Cs, false, shard).unwrap();
+            let mut out = Vec::new();
+            while s.poll(&mut out, 64).unwrap() == Poll::Data {}
+            out
+        };
+        let whole = read_all((0, 1));
+        assert_eq!(whole.len(), 3000);
+        for (i, raw) in whole.iter().enumerate() {
+            assert_eq!(raw.no, i as u64 + 1);
+            if i == 1500 {
+                assert!(raw.bytes.len() > MAX_KEEP && raw.bytes.len() < lines[i].len());
+            } else {
+                assert_eq!(&raw.bytes[..raw.bytes.len() - 1], &lines[i][..], "line {i}");
+            }
+        }
+        let mut sharded: Vec<(u64, Vec<u8>)> = (0..3)
+            .flat_map(|k| read_all((k, 3)))
+            .map(|raw| (raw.no, raw.bytes))
+            .collect();
+        sharded.sort();
+        let whole: Vec<(u64, Vec<u8>)> = whole.into_iter().map(|r| (r.no, r.bytes)).collect();
+        assert_eq!(sharded, whole);
     }
 }
