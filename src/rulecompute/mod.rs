@@ -372,12 +372,45 @@ pub enum Part {
     FlightQuery,
 }
 
-/// What one shared `distinct_total` makes distinct: the values the distinct indicators count.
+/// What one shared `distinct_total` makes distinct: the values the distinct indicators count,
+/// as plain integers (the IP as its bits), so that sorting and merging them compares words,
+/// not enums of byte arrays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum Distinct {
-    UserAgent(IpAddr, u64),
-    CriticalCookie(IpAddr, u64),
-    Journey(IpAddr, u64),
+struct Distinct {
+    v6: bool,
+    ip: u128,
+    kind: DistinctKind,
+    value: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum DistinctKind {
+    UserAgent,
+    CriticalCookie,
+    Journey,
+}
+
+impl Distinct {
+    fn new(ip: IpAddr, kind: DistinctKind, value: u64) -> Distinct {
+        let (v6, ip) = match ip {
+            IpAddr::V4(v4) => (false, u128::from(v4.to_bits())),
+            IpAddr::V6(v6) => (true, v6.to_bits()),
+        };
+        Distinct {
+            v6,
+            ip,
+            kind,
+            value,
+        }
+    }
+
+    fn ip(&self) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(std::net::Ipv6Addr::from_bits(self.ip))
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::from_bits(self.ip as u32))
+        }
+    }
 }
 
 /// A critical request as the critical indicators see it: IP, time (ms), cookie hash, and the
@@ -418,13 +451,15 @@ pub fn count_indicators<'s>(
     let distinct = events
         .clone()
         .flat_map(|e| {
-            let journey = e.journey_hash.map(|j| Distinct::Journey(e.ip, j));
-            std::iter::once(Distinct::UserAgent(e.ip, e.ua_hash)).chain(journey)
+            let journey = e
+                .journey_hash
+                .map(|j| Distinct::new(e.ip, DistinctKind::Journey, j));
+            std::iter::once(Distinct::new(e.ip, DistinctKind::UserAgent, e.ua_hash)).chain(journey)
         })
         .concat(
             critical
                 .clone()
-                .map(|(ip, _, c, _)| Distinct::CriticalCookie(ip, c)),
+                .map(|(ip, _, c, _)| Distinct::new(ip, DistinctKind::CriticalCookie, c)),
         )
         .distinct_total();
 
@@ -437,10 +472,13 @@ pub fn count_indicators<'s>(
     let parts = events
         .map(|e| (e.ip, Part::Request))
         .concat(critical.map(|(ip, _, _, _)| (ip, Part::CriticalPage)))
-        .concat(distinct.map(|d| match d {
-            Distinct::UserAgent(ip, _) => (ip, Part::UserAgent),
-            Distinct::CriticalCookie(ip, _) => (ip, Part::CriticalCookie),
-            Distinct::Journey(ip, _) => (ip, Part::FlightQuery),
+        .concat(distinct.map(|d| {
+            let part = match d.kind {
+                DistinctKind::UserAgent => Part::UserAgent,
+                DistinctKind::CriticalCookie => Part::CriticalCookie,
+                DistinctKind::Journey => Part::FlightQuery,
+            };
+            (d.ip(), part)
         }));
     (parts, per_block)
 }
