@@ -182,7 +182,7 @@ impl Pipeline {
             live_at(&mut self.block_counts, t).into_iter().collect();
         let mut out = live_at(&mut self.indicators, t);
         for (ip, ind) in &mut out {
-            // Every worker holds every block's count (see `rulecompute::count_indicators`).
+            // Every worker holds every block's count (see `rulecompute::arrange_everywhere`).
             ind.ip_block = blocks
                 .get(&crate::rulecompute::block_of(ip))
                 .copied()
@@ -331,7 +331,8 @@ pub fn build_with(
         let (strategy_in, strategies) = scope.new_collection::<Strategy, isize>();
         let (rule_in, rules) = scope.new_collection::<Rule, isize>();
         let (maintenance_in, maintenance) = scope.new_collection::<RuleMaintenance, isize>();
-        // Interval threshold 0 always exists: it carries indicator 3 (see rulecompute::intervals).
+        // Interval threshold 0 always exists: critical events carry the threshold list to the
+        // interval buckets, which give indicator 3 (see rulecompute::critical_events).
         let (_, zero_threshold) = scope.new_collection_from(if scope.index() == 0 {
             vec![0i64]
         } else {

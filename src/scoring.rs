@@ -139,12 +139,12 @@ pub fn interval_thresholds<'s>(flow_rules: Coll<'s, FlowRule>) -> Coll<'s, i64> 
         .map(|r| r.arg0.0 as i64)
 }
 
-/// Why (flow, IP) is on the blacklist.
 /// The `arg0` of every running `ipBlock` rule (indicator 7), see `rulecompute::block_level`.
 pub fn block_thresholds<'s>(flow_rules: Coll<'s, FlowRule>) -> Coll<'s, OrdF64> {
     flow_rules.filter(|r| r.kind == Some(7)).map(|r| r.arg0)
 }
 
+/// Why (flow, IP) is on the blacklist.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Decision {
     pub flow_name: String,

@@ -36,7 +36,7 @@ pub type Coll<'s, D> = VecCollection<'s, Time, D, isize>;
 pub const PARTITIONS: u64 = 64;
 
 /// One small collection (rule rows) as a single sorted list, on every one of the
-/// [`PARTITIONS`], for a `join_core` with per-IP data keyed by [`partition_of`]: each changed
+/// [`PARTITIONS`], for a `join_core` with data keyed by partition (e.g. [`block_partition`]): each changed
 /// record meets the whole list in one lookup, and a rule change re-evaluates everything in the
 /// window at once. The list exists only while `rows` is not empty.
 pub type ListPerPartition<'s, T> = differential_dataflow::operators::arrange::Arranged<
@@ -180,11 +180,6 @@ pub fn block_of(ip: &IpAddr) -> Block {
             Block::V6(s[0], s[1])
         }
     }
-}
-
-/// Partition of an IP for the broadcast joins (see [`PARTITIONS`]).
-pub fn partition_of(ip: &IpAddr) -> u64 {
-    stable_hash(ip) % PARTITIONS
 }
 
 /// Partition of a /16 block (and of every IP in it) for the joins that need the block.
@@ -485,7 +480,7 @@ pub fn count_indicators<'s>(
 
 /// Arranges the block counts on every worker (a few thousand blocks; each changes at most
 /// once per tick), so that any worker can put the exact count next to its own IPs.
-pub fn arrange_everywhere(per_block: Coll<'_, (Block, i64)>) -> BlockCounts<'_> {
+pub fn arrange_everywhere(per_block: RequestsPerBlock<'_>) -> BlockCounts<'_> {
     use differential_dataflow::operators::arrange::arrangement::arrange_core;
     use differential_dataflow::trace::implementations::ValBatcher;
     use timely::dataflow::channels::pact::Pipeline;
@@ -513,7 +508,7 @@ pub fn block_level(count: i64, thresholds: &[OrdF64]) -> i64 {
 /// rules). A busy /16 changes its count at every tick; its level changes only when the
 /// count crosses a rule's threshold, so the IPs of the block are re-scored only then.
 pub fn block_levels<'s>(
-    per_block: Coll<'s, (Block, i64)>,
+    per_block: RequestsPerBlock<'s>,
     thresholds: Coll<'s, OrdF64>,
 ) -> Coll<'s, (Block, i64)> {
     let lists = list_per_partition(thresholds, "BlockThresholdList");
