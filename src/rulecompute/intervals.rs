@@ -94,17 +94,16 @@ pub struct BucketSummary {
 
 /// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s).
 pub fn interval_parts<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr, Part)> {
-    critical
+    let by_bucket = critical
         .map(|(ip, t, _, thresholds)| ((ip, t / BUCKET_MS), (t, thresholds)))
-        .reduce_named("IntervalBuckets", |_key, input, output| {
-            // At any time every critical event carries the same thresholds.
-            let thresholds = &(input[0].0).1;
-            let times = input.iter().map(|((t, _), n)| (t, *n));
-            if let Some(b) = BucketGaps::of(times) {
-                output.push((b.summary(thresholds), 1));
-            }
-        })
-        .map(|((ip, bucket), summary)| (ip, Part::IntervalBucket(bucket, summary)))
+        .arrange_by_key_named("Arrange: IntervalBuckets");
+    super::reduce_total(by_bucket, "IntervalBuckets", |_key, input| {
+        // At any time every critical event carries the same thresholds.
+        let thresholds = &input[0].0 .1;
+        let times = input.iter().map(|&((t, _), n)| (t, n));
+        BucketGaps::of(times).map(|b| b.summary(thresholds))
+    })
+    .map(|((ip, bucket), summary)| (ip, Part::IntervalBucket(bucket, summary)))
 }
 
 /// Indicators 3 and 4 of one IP from its bucket summaries in time order: the gaps of the

@@ -14,9 +14,11 @@
 
 mod critical;
 mod intervals;
+mod total;
 
 pub use critical::critical_events;
 pub use intervals::{interval_parts, BucketSummary};
+pub use total::reduce_total;
 
 use std::net::IpAddr;
 
@@ -537,39 +539,39 @@ pub type IndicatorsByIp<'s> = differential_dataflow::operators::arrange::Arrange
 /// The result stays arranged by IP: scoring's report join and the final read of the
 /// indicators use this arrangement, not a copy of it.
 pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
-    use differential_dataflow::trace::implementations::ValBuilder;
+    use differential_dataflow::operators::arrange::arrangement::arrange_core;
+    use differential_dataflow::trace::implementations::ValBatcher;
+    use timely::dataflow::channels::pact::Pipeline;
     let arranged = parts.arrange_by_key_named("Arrange: GatherIndicators");
-    arranged.reduce_abelian::<_, ValBuilder<_, _, _, _>, IndicatorSpine, _, _>(
-        "GatherIndicators",
-        |_ip, input, output| {
-            let mut ind = Indicators::default();
-            let mut buckets = smallvec::SmallVec::<[(u64, &BucketSummary); 32]>::new();
-            for (part, count) in input {
-                // The multiplicity of a unit part is its count (see `Part`).
-                let count = *count as i64;
-                match part {
-                    Part::Request => ind.ip = count,
-                    Part::CriticalPage => ind.critical_pages = count,
-                    Part::UserAgent => ind.user_agent = count,
-                    Part::IntervalBucket(bucket, summary) => buckets.push((*bucket, summary)),
-                    Part::CriticalCookie => ind.critical_cookies = count,
-                    Part::FlightQuery => ind.flight_query = count,
-                }
+    let indicators = reduce_total(arranged, "GatherIndicators", |_ip, input| {
+        let mut ind = Indicators::default();
+        let mut buckets = smallvec::SmallVec::<[(u64, &BucketSummary); 32]>::new();
+        for &(part, count) in input {
+            // The multiplicity of a unit part is its count (see `Part`).
+            let count = count as i64;
+            match part {
+                Part::Request => ind.ip = count,
+                Part::CriticalPage => ind.critical_pages = count,
+                Part::UserAgent => ind.user_agent = count,
+                Part::IntervalBucket(bucket, summary) => buckets.push((*bucket, summary)),
+                Part::CriticalCookie => ind.critical_cookies = count,
+                Part::FlightQuery => ind.flight_query = count,
             }
-            if !buckets.is_empty() {
-                let (min_ms, less_than) = intervals::fold_buckets(buckets.into_iter());
-                ind.critical_pages_acc_time = min_ms;
-                ind.critical_pages_less_than = less_than;
-            }
-            // An IP is in the window iff it has requests; the other parts follow from those.
-            if ind.ip > 0 {
-                output.push((ind, 1));
-            }
-        },
-        |vec, ip: &IpAddr, updates| {
-            vec.clear();
-            vec.extend(updates.drain(..).map(|(v, t, r)| ((*ip, v), t, r)));
-        },
+        }
+        if !buckets.is_empty() {
+            let (min_ms, less_than) = intervals::fold_buckets(buckets.into_iter());
+            ind.critical_pages_acc_time = min_ms;
+            ind.critical_pages_less_than = less_than;
+        }
+        // An IP is in the window iff it has requests; the other parts follow from those.
+        (ind.ip > 0).then_some(ind)
+    });
+    // Already on the worker of its IP (the gather's input was exchanged by IP).
+    arrange_core::<_, _, _, IndicatorSpine>(
+        indicators.inner,
+        Pipeline,
+        "Arrange: Indicators",
+        ValBatcher::<IpAddr, Indicators, Time, isize>::new,
     )
 }
 
