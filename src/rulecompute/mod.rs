@@ -483,16 +483,47 @@ pub fn count_indicators<'s>(
 /// Arranges the block counts on every worker (a few thousand blocks; each changes at most
 /// once per tick), so that any worker can put the exact count next to its own IPs.
 pub fn arrange_everywhere(per_block: RequestsPerBlock<'_>) -> BlockCounts<'_> {
+    broadcast_arranged(per_block, "Arrange: BlockCounts (every worker)")
+}
+
+/// A `(key, value)` collection arranged by key.
+pub type ArrangedByKey<'s, K, V> = differential_dataflow::operators::arrange::Arranged<
+    's,
+    differential_dataflow::operators::arrange::TraceAgent<
+        differential_dataflow::trace::implementations::ValSpine<K, V, Time, isize>,
+    >,
+>;
+
+/// Arranges by key where the updates are, without exchanging them: for data already on the
+/// worker that reads it (e.g. derived from an arrangement by the same key), or to be joined
+/// there with a [`broadcast_arranged`] collection.
+pub fn arranged_here<'s, K, V>(updates: Coll<'s, (K, V)>, name: &str) -> ArrangedByKey<'s, K, V>
+where
+    K: differential_dataflow::ExchangeData,
+    V: differential_dataflow::ExchangeData,
+{
     use differential_dataflow::operators::arrange::arrangement::arrange_core;
-    use differential_dataflow::trace::implementations::ValBatcher;
+    use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
     use timely::dataflow::channels::pact::Pipeline;
-    use timely::dataflow::operators::vec::Broadcast;
-    arrange_core::<_, _, _, BlockCountSpine>(
-        per_block.inner.broadcast(),
+    arrange_core::<_, _, _, ValSpine<K, V, Time, isize>>(
+        updates.inner,
         Pipeline,
-        "Arrange: BlockCounts (every worker)",
-        ValBatcher::<Block, i64, Time, isize>::new,
+        name,
+        ValBatcher::<K, V, Time, isize>::new,
     )
+}
+
+/// Arranges a small collection by key on every worker (each holds all of it).
+pub fn broadcast_arranged<'s, K, V>(
+    updates: Coll<'s, (K, V)>,
+    name: &str,
+) -> ArrangedByKey<'s, K, V>
+where
+    K: differential_dataflow::ExchangeData,
+    V: differential_dataflow::ExchangeData,
+{
+    use timely::dataflow::operators::vec::Broadcast;
+    arranged_here(updates.inner.broadcast().as_collection(), name)
 }
 
 /// The smallest value (≥ 0) that is above exactly the thresholds `count` is above, so that
@@ -539,9 +570,6 @@ pub type IndicatorsByIp<'s> = differential_dataflow::operators::arrange::Arrange
 /// The result stays arranged by IP: scoring's report join and the final read of the
 /// indicators use this arrangement, not a copy of it.
 pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
-    use differential_dataflow::operators::arrange::arrangement::arrange_core;
-    use differential_dataflow::trace::implementations::ValBatcher;
-    use timely::dataflow::channels::pact::Pipeline;
     let arranged = parts.arrange_by_key_named("Arrange: GatherIndicators");
     let indicators = reduce_total(arranged, "GatherIndicators", |_ip, input| {
         let mut ind = Indicators::default();
@@ -567,12 +595,7 @@ pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
         (ind.ip > 0).then_some(ind)
     });
     // Already on the worker of its IP (the gather's input was exchanged by IP).
-    arrange_core::<_, _, _, IndicatorSpine>(
-        indicators.inner,
-        Pipeline,
-        "Arrange: Indicators",
-        ValBatcher::<IpAddr, Indicators, Time, isize>::new,
-    )
+    arranged_here(indicators, "Arrange: Indicators")
 }
 
 /// The indicators of every IP in the window (all but 7, arranged by IP), and the requests

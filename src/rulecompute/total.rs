@@ -10,9 +10,7 @@
 //! does it for any value type and any logic. It keeps no state of its own: the input lives in
 //! its arrangement, and the output is a collection (arrange it where it is read).
 
-use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
-use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::{AsCollection, ExchangeData};
 use timely::dataflow::channels::pact::Pipeline;
@@ -21,10 +19,7 @@ use timely::dataflow::operators::CapabilitySet;
 use timely::progress::frontier::Antichain;
 use timely::progress::Timestamp;
 
-use super::{Coll, Time};
-
-/// An arrangement by key of `(key, value)` updates.
-pub type ArrangedByKey<'s, K, V> = Arranged<'s, TraceAgent<ValSpine<K, V, Time, isize>>>;
+use super::{ArrangedByKey, Coll, Time};
 
 /// For every key and every time its input changes, `logic(key, input)` over the key's values
 /// with their (non-zero) multiplicities, sorted by value; the output holds the result while it
