@@ -40,7 +40,7 @@ pub type DecisionRow = ((String, IpAddr), Decision);
 /// Updates captured from the dataflow, drained by the driver once the probe has passed them.
 pub type Captured<D> = Rc<RefCell<Vec<(D, Time, isize)>>>;
 
-type IndicatorTrace = TraceAgent<ValSpine<IpAddr, Indicators, Time, isize>>;
+type IndicatorTrace = TraceAgent<crate::rulecompute::IndicatorSpine>;
 type BlockTrace = TraceAgent<crate::rulecompute::BlockCountSpine>;
 
 /// The rule tables that rulecompute and scoring read, as input collections.
@@ -180,7 +180,10 @@ impl Pipeline {
     pub fn indicators_at(&mut self, t: Time) -> Vec<(IpAddr, Indicators)> {
         let blocks: std::collections::HashMap<_, _> =
             live_at(&mut self.block_counts, t).into_iter().collect();
-        let mut out = live_at(&mut self.indicators, t);
+        let mut out: Vec<(IpAddr, Indicators)> = live_at(&mut self.indicators, t)
+            .into_iter()
+            .map(|(_partition, ip_indicators)| ip_indicators)
+            .collect();
         for (ip, ind) in &mut out {
             // Every worker holds every block's count (see `rulecompute::arrange_everywhere`).
             ind.ip_block = blocks
@@ -238,11 +241,15 @@ impl Pipeline {
     /// on the worker that holds the IP (where its decisions are captured), for a `t` not
     /// yet compacted away.
     pub fn explain(&mut self, ip: IpAddr, t: Time) -> Indicators {
-        let mut ind = value_at(&mut self.indicators, &ip, t).unwrap_or_default();
+        let partition = crate::rulecompute::block_partition(&crate::rulecompute::block_of(&ip));
+        let mut ind = value_at(&mut self.indicators, &partition, t, |(i, _)| *i == ip)
+            .map(|(_, ind)| ind)
+            .unwrap_or_default();
         ind.ip_block = value_at(
             &mut self.block_counts,
             &crate::rulecompute::block_of(&ip),
             t,
+            |_| true,
         )
         .unwrap_or(0);
         ind
@@ -280,11 +287,12 @@ where
     out
 }
 
-/// The value of `key` present at time `t` in a trace with one value per key.
+/// The value of `key` present at time `t` among those that satisfy `wanted` (one at most).
 fn value_at<K, V>(
     trace: &mut TraceAgent<ValSpine<K, V, Time, isize>>,
     key: &K,
     t: Time,
+    wanted: impl Fn(&V) -> bool,
 ) -> Option<V>
 where
     K: differential_dataflow::ExchangeData,
@@ -298,6 +306,10 @@ where
     }
     let mut found = None;
     while let Some(v) = cursor.get_val(&storage) {
+        if !wanted(v) {
+            cursor.step_val(&storage);
+            continue;
+        }
         let mut n = 0isize;
         cursor.map_times(&storage, |tt, r| {
             if *tt <= t {
@@ -345,13 +357,13 @@ pub fn build_with(
             .distinct_total();
         let critical_rules = critical_pages.map(|c| (c.id, c.critical_page_match_expression));
 
-        let (by_ip, per_block) = rulecompute::indicators(events, critical_rules, thresholds, spec);
+        let (indicators, per_block) =
+            rulecompute::indicators(events, critical_rules, thresholds, spec);
         let block_counts = rulecompute::arrange_everywhere(per_block.clone());
         let block_levels =
             rulecompute::block_levels(per_block, scoring::block_thresholds(flow_rules.clone()));
-        let indicator_trace = by_ip.trace.clone();
+        let indicator_trace = indicators.trace.clone();
         let block_trace = block_counts.trace.clone();
-        let indicators = by_ip.clone().as_collection(|ip, ind| (*ip, ind.clone()));
 
         let decision_capture: Captured<DecisionRow> = Rc::new(RefCell::new(Vec::new()));
         let sink = decision_capture.clone();

@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::rulecompute::{
-    arranged_here, block_of, block_partition, broadcast_arranged, one_list, Block, Coll,
-    Indicators, Time, INDICATOR_NAMES, PARTITIONS,
+    block_of, block_partition, broadcast_arranged, one_list, Block, Coll, Indicators,
+    IndicatorsByPartition, Time, INDICATOR_NAMES, PARTITIONS,
 };
 use crate::rules::{OrdF64, ProcessInfo, Rule, RuleMaintenance, Strategy};
 
@@ -265,11 +265,11 @@ fn scoring_contexts<'s>(
 /// The output is not consolidated: a blacklisted IP whose indicators change emits its
 /// decision's retraction and re-insertion at that tick (the reader consolidates).
 ///
-/// The indicators are scored on the worker that gathered them (`indicators` must be there,
-/// as the gather leaves them), against contexts that every worker holds: a busy /16 sends
+/// The indicators are scored on the worker that gathered them (`rulecompute::gather` leaves
+/// them there, arranged by partition), against contexts that every worker holds: a busy /16 sends
 /// its IPs to no single worker, and no indicator record crosses workers to be scored.
 pub fn blacklist<'s>(
-    indicators: Coll<'s, (IpAddr, Indicators)>,
+    indicators: IndicatorsByPartition<'s>,
     flow_rules: Coll<'s, FlowRule>,
     block_levels: Coll<'s, (Block, i64)>,
 ) -> Coll<'s, ((String, IpAddr), Decision)> {
@@ -277,11 +277,7 @@ pub fn blacklist<'s>(
         scoring_contexts(flow_rules, block_levels).as_collection(|p, c| (*p, c.clone())),
         "Arrange: ScoringContext (every worker)",
     );
-    let by_partition = arranged_here(
-        indicators.map(|(ip, ind)| (block_partition(&block_of(&ip)), (ip, ind))),
-        "Arrange: Indicators by partition",
-    );
-    by_partition.join_core(contexts, |_p, (ip, ind), context| {
+    indicators.join_core(contexts, |_p, (ip, ind), context| {
         let ip = *ip;
         context
             .decide(&ip, ind)

@@ -553,11 +553,12 @@ pub fn block_levels<'s>(
         })
 }
 
-/// The trace type of the indicators, arranged by IP.
+/// The trace type of the indicators, arranged by the block partition of their IP.
 pub type IndicatorSpine =
-    differential_dataflow::trace::implementations::ValSpine<IpAddr, Indicators, Time, isize>;
-/// The indicators of every IP in the window, arranged by IP.
-pub type IndicatorsByIp<'s> = differential_dataflow::operators::arrange::Arranged<
+    differential_dataflow::trace::implementations::ValSpine<u64, (IpAddr, Indicators), Time, isize>;
+/// The indicators of every IP in the window, arranged by the [`block_partition`] of the IP,
+/// on the worker that gathered them.
+pub type IndicatorsByPartition<'s> = differential_dataflow::operators::arrange::Arranged<
     's,
     differential_dataflow::operators::arrange::TraceAgent<IndicatorSpine>,
 >;
@@ -567,9 +568,11 @@ pub type IndicatorsByIp<'s> = differential_dataflow::operators::arrange::Arrange
 /// The group of an IP holds at most 7 values plus its ≤ W/10 s + 1 interval buckets, so this
 /// reduce is cheap however hot the IP is. Folding the buckets here, not in a reduce of their
 /// own, saves a reduce and an arrangement per changed IP (the fold reads the same summaries).
-/// The result stays arranged by IP: scoring's report join and the final read of the
-/// indicators use this arrangement, not a copy of it.
-pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
+///
+/// The result is arranged once, by block partition, where it was gathered: scoring joins it
+/// with the [`crate::scoring::ScoringContext`] of its partition, and the reports (explain, the
+/// final indicators) look an IP up in its partition.
+pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByPartition<'s> {
     let arranged = parts.arrange_by_key_named("Arrange: GatherIndicators");
     let indicators = reduce_total(arranged, "GatherIndicators", |_ip, input| {
         let mut ind = Indicators::default();
@@ -594,11 +597,15 @@ pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByIp<'s> {
         // An IP is in the window iff it has requests; the other parts follow from those.
         (ind.ip > 0).then_some(ind)
     });
-    // Already on the worker of its IP (the gather's input was exchanged by IP).
-    arranged_here(indicators, "Arrange: Indicators")
+    // Kept on the worker of its IP (the gather's input was exchanged by IP): scoring reads
+    // every partition's context on every worker.
+    arranged_here(
+        indicators.map(|(ip, ind)| (block_partition(&block_of(&ip)), (ip, ind))),
+        "Arrange: Indicators by partition",
+    )
 }
 
-/// The indicators of every IP in the window (all but 7, arranged by IP), and the requests
+/// The indicators of every IP in the window (all but 7, see [`gather`]), and the requests
 /// per /16 block (indicator 7).
 ///
 /// * `events`: processed requests at their tick (not yet windowed);
@@ -609,7 +616,7 @@ pub fn indicators<'s>(
     critical_rules: Coll<'s, (i64, String)>,
     interval_thresholds: Coll<'s, i64>,
     spec: WindowSpec,
-) -> (IndicatorsByIp<'s>, RequestsPerBlock<'s>) {
+) -> (IndicatorsByPartition<'s>, RequestsPerBlock<'s>) {
     let request_lines = window(events.clone().map(|e| (e.request_hash, e.request)), spec);
     let events = window(events.map(|e| WinRecord::from(&e)), spec);
     let critical = critical_events(
