@@ -89,7 +89,7 @@ pub struct BucketSummary {
     first: u16,
     last: u16,
     min_gap: Option<u16>,
-    gaps_below: smallvec::SmallVec<[(i64, u32); 2]>,
+    gaps_below: smallvec::SmallVec<[(i64, u32); 1]>,
 }
 
 /// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s).
@@ -133,4 +133,50 @@ pub fn fold_buckets<'a>(
         previous_last = Some(start + u64::from(s.last));
     }
     (min_gap.map(|g| g as i64), below)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Bucket summaries folded in time order give the gaps of the whole sequence, for any
+        /// number of thresholds (more than the one kept inline).
+        #[test]
+        fn folded_buckets_give_the_gaps_of_the_whole_sequence(
+            mut times in proptest::collection::vec(0u64..40_000, 1..80),
+            mut thresholds in proptest::collection::vec(1i64..20_000, 0..4),
+        ) {
+            times.sort_unstable();
+            // Thresholds equal to some gaps too (a gap equal to the threshold is not below it).
+            thresholds.extend(times.windows(2).take(3).map(|w| (w[1] - w[0]) as i64));
+            thresholds.push(0);
+            thresholds.sort_unstable();
+            thresholds.dedup();
+            let mut summaries = Vec::new();
+            for bucket in times.iter().map(|t| t / BUCKET_MS).collect::<std::collections::BTreeSet<_>>() {
+                let mut counted: Vec<(u64, isize)> = Vec::new();
+                for &t in times.iter().filter(|t| *t / BUCKET_MS == bucket) {
+                    match counted.last_mut() {
+                        Some((last, n)) if *last == t => *n += 1,
+                        _ => counted.push((t, 1)),
+                    }
+                }
+                let gaps = BucketGaps::of(counted.iter().map(|(t, n)| (t, *n))).unwrap();
+                summaries.push((bucket, gaps.summary(&thresholds)));
+            }
+            let (min_gap, below) = fold_buckets(summaries.iter().map(|(b, s)| (*b, s)));
+
+            let gaps: Vec<i64> = times.windows(2).map(|w| (w[1] - w[0]) as i64).collect();
+            prop_assert_eq!(min_gap, gaps.iter().copied().min());
+            let expected: Vec<(i64, i64)> = thresholds
+                .iter()
+                .filter(|a| **a > 0)
+                .map(|&a| (a, gaps.iter().filter(|g| **g < a).count() as i64))
+                .collect();
+            prop_assert_eq!(below.to_vec(), expected);
+        }
+    }
 }
