@@ -241,15 +241,11 @@ impl Pipeline {
     /// on the worker that holds the IP (where its decisions are captured), for a `t` not
     /// yet compacted away.
     pub fn explain(&mut self, ip: IpAddr, t: Time) -> Indicators {
-        let partition = crate::rulecompute::block_partition(&crate::rulecompute::block_of(&ip));
-        let mut ind = value_at(&mut self.indicators, &partition, t, |(i, _)| *i == ip)
-            .map(|(_, ind)| ind)
-            .unwrap_or_default();
+        let mut ind = indicators_of(&mut self.indicators, ip, t).unwrap_or_default();
         ind.ip_block = value_at(
             &mut self.block_counts,
             &crate::rulecompute::block_of(&ip),
             t,
-            |_| true,
         )
         .unwrap_or(0);
         ind
@@ -287,12 +283,11 @@ where
     out
 }
 
-/// The value of `key` present at time `t` among those that satisfy `wanted` (one at most).
+/// The value of `key` present at time `t` in a trace with one value per key.
 fn value_at<K, V>(
     trace: &mut TraceAgent<ValSpine<K, V, Time, isize>>,
     key: &K,
     t: Time,
-    wanted: impl Fn(&V) -> bool,
 ) -> Option<V>
 where
     K: differential_dataflow::ExchangeData,
@@ -306,10 +301,6 @@ where
     }
     let mut found = None;
     while let Some(v) = cursor.get_val(&storage) {
-        if !wanted(v) {
-            cursor.step_val(&storage);
-            continue;
-        }
         let mut n = 0isize;
         cursor.map_times(&storage, |tt, r| {
             if *tt <= t {
@@ -322,6 +313,43 @@ where
         cursor.step_val(&storage);
     }
     found
+}
+
+/// The indicators of `ip` present at time `t`, from the trace arranged by block partition: a
+/// seek to the IP among its partition's values (sorted by IP, then indicators), not a scan.
+///
+/// One batch at a time: a cursor over several batches would seek the value also in the
+/// batches that do not hold the key, which differential 0.26 does not allow.
+fn indicators_of(trace: &mut IndicatorTrace, ip: IpAddr, t: Time) -> Option<Indicators> {
+    let partition = crate::rulecompute::block_partition(&crate::rulecompute::block_of(&ip));
+    let batches = trace.spans_through(Antichain::new().borrow())?;
+    let mut counts: Vec<(Indicators, isize)> = Vec::new();
+    for batch in batches.into_iter().filter_map(|b| b.inner) {
+        let (mut cursor, storage) = cursor_list(vec![batch]);
+        cursor.seek_key(&storage, &partition);
+        if cursor.get_key(&storage) != Some(&partition) {
+            continue;
+        }
+        // Every record counts at least one request, so the default one sorts before the IP's.
+        cursor.seek_val(&storage, &(ip, Indicators::default()));
+        while let Some((at_ip, ind)) = cursor.get_val(&storage) {
+            if *at_ip != ip {
+                break;
+            }
+            let mut n = 0isize;
+            cursor.map_times(&storage, |tt, r| {
+                if *tt <= t {
+                    n += *r;
+                }
+            });
+            if n != 0 {
+                counts.push((ind.clone(), n));
+            }
+            cursor.step_val(&storage);
+        }
+    }
+    differential_dataflow::consolidation::consolidate(&mut counts);
+    counts.into_iter().find(|(_, n)| *n > 0).map(|(ind, _)| ind)
 }
 
 /// Builds the dataflow on this worker (with service anomalies fed by nobody).
