@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::rulecompute::{
-    block_of, block_partition, broadcast_arranged, one_list, Block, Coll, Indicators,
-    IndicatorsByPartition, Time, INDICATOR_NAMES, PARTITIONS,
+    block_of, block_partition, broadcast_arranged, one_list, reduce_total, Block, Coll, Indicators,
+    IndicatorsByPartition, INDICATOR_NAMES, PARTITIONS,
 };
 use crate::rules::{OrdF64, ProcessInfo, Rule, RuleMaintenance, Strategy};
 
@@ -205,14 +205,6 @@ impl ScoringContext {
     }
 }
 
-/// The scoring contexts, arranged by block partition.
-type ScoringContexts<'s> = differential_dataflow::operators::arrange::Arranged<
-    's,
-    differential_dataflow::operators::arrange::TraceAgent<ContextSpine>,
->;
-type ContextSpine =
-    differential_dataflow::trace::implementations::ValSpine<u64, ScoringContext, Time, isize>;
-
 /// Either half of a [`ScoringContext`], keyed by block partition.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum ContextPart {
@@ -220,40 +212,30 @@ enum ContextPart {
     BusyBlock(Block, i64),
 }
 
-/// The [`ScoringContext`] of every block partition, arranged by partition; none while no flow
-/// rule runs. A rule change rebuilds every partition's context; a block crossing an `ipBlock`
-/// threshold rebuilds only its partition's.
+/// The [`ScoringContext`] of every block partition; none while no flow rule runs. A rule
+/// change rebuilds every partition's context; a block crossing an `ipBlock` threshold
+/// rebuilds only its partition's.
 fn scoring_contexts<'s>(
     flow_rules: Coll<'s, FlowRule>,
     block_levels: Coll<'s, (Block, i64)>,
-) -> ScoringContexts<'s> {
-    use differential_dataflow::trace::implementations::ValBuilder;
-    one_list(flow_rules, "FlowRuleList")
+) -> Coll<'s, (u64, ScoringContext)> {
+    let parts = one_list(flow_rules, "FlowRuleList")
         .flat_map(|list| (0..PARTITIONS).map(move |p| (p, ContextPart::Rules(list.clone()))))
         .concat(
             block_levels.map(|(b, level)| (block_partition(&b), ContextPart::BusyBlock(b, level))),
         )
-        .arrange_by_key_named("Arrange: ScoringContext parts")
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ContextSpine, _, _>(
-            "ScoringContext",
-            |_p, input, output| {
-                let mut rules = None;
-                let mut busy_blocks = Vec::new();
-                for (part, _) in input {
-                    match part {
-                        ContextPart::Rules(list) => rules = Some(list.clone()),
-                        ContextPart::BusyBlock(b, level) => busy_blocks.push((*b, *level)),
-                    }
-                }
-                if let Some(rules) = rules {
-                    output.push((ScoringContext { rules, busy_blocks }, 1));
-                }
-            },
-            |vec, p: &u64, updates| {
-                vec.clear();
-                vec.extend(updates.drain(..).map(|(v, t, r)| ((*p, v), t, r)));
-            },
-        )
+        .arrange_by_key_named("Arrange: ScoringContext parts");
+    reduce_total(parts, "ScoringContext", |_p, input| {
+        let mut rules = None;
+        let mut busy_blocks = Vec::new();
+        for &(part, _) in input {
+            match part {
+                ContextPart::Rules(list) => rules = Some(list.clone()),
+                ContextPart::BusyBlock(b, level) => busy_blocks.push((*b, *level)),
+            }
+        }
+        rules.map(|rules| ScoringContext { rules, busy_blocks })
+    })
 }
 
 /// The blacklist: (flow id, IP) → decision, for every IP whose flow score is above threshold.
@@ -274,7 +256,7 @@ pub fn blacklist<'s>(
     block_levels: Coll<'s, (Block, i64)>,
 ) -> Coll<'s, ((String, IpAddr), Decision)> {
     let contexts = broadcast_arranged(
-        scoring_contexts(flow_rules, block_levels).as_collection(|p, c| (*p, c.clone())),
+        scoring_contexts(flow_rules, block_levels),
         "Arrange: ScoringContext (every worker)",
     );
     indicators.join_core(contexts, |_p, (ip, ind), context| {
