@@ -159,7 +159,7 @@ impl Masker {
         let b = s.as_bytes();
         let mut out: Option<String> = None;
         let mut copied = 0;
-        for (start, end) in digit_runs(b) {
+        for (start, end) in long_digit_runs(b) {
             if let Some((ms, me)) = sensitive_in_run(b, start, end) {
                 let o = out.get_or_insert_with(|| String::with_capacity(s.len() + 64));
                 // ms/me are at ASCII positions, hence char boundaries.
@@ -227,28 +227,48 @@ fn classify_run(b: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
     }
 }
 
-/// The maximal runs of ASCII digits in `b`, as `(start, end)` byte ranges.
-fn digit_runs(b: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+/// The shortest digit run that can hold a sensitive number (a mobile number; escape digits
+/// only ever make a run longer than the number in it).
+const MIN_SENSITIVE_RUN: usize = 11;
+
+/// The maximal runs of at least [`MIN_SENSITIVE_RUN`] ASCII digits in `b`, as `(start, end)`
+/// byte ranges.
+///
+/// Masking runs over every string of every record, and most of their digit runs are short
+/// (dates, ports, IP octets). Any run of 11 or more digits that starts in `i..=i + 10` covers
+/// `b[i + 10]`, so when that byte is not a digit the scan skips 11 bytes at once.
+fn long_digit_runs(b: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut i = 0;
     std::iter::from_fn(move || {
-        while i < b.len() && !b[i].is_ascii_digit() {
-            i += 1;
+        while i + MIN_SENSITIVE_RUN <= b.len() {
+            let probe = i + MIN_SENSITIVE_RUN - 1;
+            if !b[probe].is_ascii_digit() {
+                i = probe + 1;
+                continue;
+            }
+            // Widen to the whole run. Bytes before `i` were skipped only as part of windows
+            // without a long run, or are past the previous run's end, which is a non-digit.
+            let mut start = probe;
+            while start > 0 && b[start - 1].is_ascii_digit() {
+                start -= 1;
+            }
+            let mut end = probe + 1;
+            while end < b.len() && b[end].is_ascii_digit() {
+                end += 1;
+            }
+            i = end + 1;
+            if end - start >= MIN_SENSITIVE_RUN {
+                return Some((start, end));
+            }
         }
-        if i >= b.len() {
-            return None;
-        }
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        Some((start, i))
+        None
     })
 }
 
 /// True when `s` still contains a sensitive number (used by tests and assertions).
 pub fn contains_sensitive(s: &str) -> bool {
     let b = s.as_bytes();
-    digit_runs(b).any(|(start, end)| sensitive_in_run(b, start, end).is_some())
+    long_digit_runs(b).any(|(start, end)| sensitive_in_run(b, start, end).is_some())
 }
 
 #[cfg(test)]
@@ -449,6 +469,43 @@ pub(crate) mod tests {
                 assert!(contains_sensitive(line));
                 assert!(!contains_sensitive(&m.mask(line)));
             }
+        }
+    }
+
+    /// Every maximal digit run, one byte at a time: what the skipping scan must agree with.
+    fn all_digit_runs(b: &[u8]) -> Vec<(usize, usize)> {
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i].is_ascii_digit() {
+                let start = i;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                runs.push((start, i));
+            } else {
+                i += 1;
+            }
+        }
+        runs
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn skipping_scan_finds_every_long_run(
+            parts in proptest::collection::vec(("[0-9]{0,20}", "[a-fxX%=&]{1,3}"), 0..8),
+            digits_last in "[0-9]{0,20}",
+        ) {
+            // Digit runs of every length around 11, split by 1 to 3 other bytes.
+            let mut s: String = parts.iter().map(|(d, sep)| format!("{d}{sep}")).collect();
+            s.push_str(&digits_last);
+            let b = s.as_bytes();
+            let want: Vec<_> = all_digit_runs(b)
+                .into_iter()
+                .filter(|(s, e)| e - s >= MIN_SENSITIVE_RUN)
+                .collect();
+            let got: Vec<_> = long_digit_runs(b).collect();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 }
