@@ -24,7 +24,7 @@ use crate::dataprocess::{self, CookieNames, DataRules, Masker, Outcome};
 use crate::deadletter::DeadLetter;
 use crate::event::{BehaviorType, ProcessedData};
 use crate::format::{parse_line, ParseLimits};
-use crate::rulecompute::{stable_hash, Indicators, Time, WinEvent, ABSENT};
+use crate::rulecompute::{stable_hash, Indicators, Time, WinEvent, ABSENT, LATEST_EVENT_TIME_MS};
 use crate::rules::feed::RuleFeed;
 use crate::rules::{IpMatcher, RuleTables};
 use crate::sink::blacklist::{self, Action};
@@ -441,6 +441,11 @@ impl Ingest<'_> {
         if rec.time_ms < 0 {
             return self
                 .dead_letter(raw, "bad_time", "event time before 1970")
+                .map(|_| None);
+        }
+        if rec.time_ms as u64 > LATEST_EVENT_TIME_MS {
+            return self
+                .dead_letter(raw, "bad_time", "event time after 2999")
                 .map(|_| None);
         }
         pipeline.service.request(&rec);

@@ -3,10 +3,14 @@
 //! Both depend on the gaps between consecutive critical requests of an IP. The gaps of the
 //! window are the gaps inside each time bucket plus the gaps between neighbouring non-empty
 //! buckets, whatever the buckets' length. So the work is split in two steps:
-//! 1. a reduce per (IP, bucket): first and last time, smallest inner gap, and the number of
-//!    inner gaps below each threshold ([`BucketSummary`]);
+//! 1. a reduce per (IP, bucket): the number of critical requests, first and last time,
+//!    smallest inner gap, and the number of inner gaps below each threshold
+//!    ([`BucketSummary`]);
 //! 2. the IP's ≤ W/B bucket summaries are folded in time order by [`super::gather`], which
 //!    reads every part of the IP anyway ([`fold_buckets`]).
+//!
+//! The buckets' request counts are indicator 1 (`criticalPages`) as well: a unit part per
+//! critical request would put two more updates per request into the gather.
 //!
 //! A bucket holds the events of the live window in [`BUCKET_MS`] of event time, not one slide:
 //! with 1 s buckets a hot IP's per-IP fold re-read 300 summaries at every tick; with 10 s
@@ -24,8 +28,15 @@ use serde::{Deserialize, Serialize};
 
 /// Length of a time bucket of the first reduce (see the module notes).
 pub const BUCKET_MS: u64 = 10_000;
-// Times and gaps inside a bucket are kept as u16 (the parts of every IP stay small).
+// Times and gaps inside a bucket are kept as u16 and bucket numbers as u32 (the parts of every
+// IP stay small): event times past the latest the engine accepts are dead-lettered at ingest.
 const _: () = assert!(BUCKET_MS <= u16::MAX as u64);
+const _: () = assert!(super::LATEST_EVENT_TIME_MS / BUCKET_MS <= u32::MAX as u64);
+
+/// The bucket of an event time (see [`super::LATEST_EVENT_TIME_MS`]).
+fn bucket_of(t_ms: u64) -> u32 {
+    u32::try_from(t_ms / BUCKET_MS).unwrap_or(u32::MAX)
+}
 
 /// The critical requests of one IP in one bucket: first and last time (ms after the bucket's
 /// start), and the gaps between consecutive ones, sorted.
@@ -66,8 +77,10 @@ impl BucketGaps {
 
     /// The bucket as the fold needs it, for the thresholds in force (sorted; 0 and below
     /// count nothing and are left out).
-    fn summary(&self, thresholds: &[i64]) -> BucketSummary {
+    fn summary(&self, bucket: u32, thresholds: &[i64]) -> BucketSummary {
         BucketSummary {
+            bucket,
+            requests: self.gaps.len() as u32 + 1,
             first: self.first,
             last: self.last,
             min_gap: self.gaps.first().copied(),
@@ -80,12 +93,15 @@ impl BucketGaps {
     }
 }
 
-/// One bucket of an IP's critical requests, as [`fold_buckets`] reads it: first and last time
-/// (ms after the bucket's start), the smallest inner gap, and per threshold (ascending) the
-/// number of inner gaps below it. Small and inline: the gather arrangement holds one per
-/// (IP, bucket), and every part of an IP is as large as this one.
+/// One bucket of an IP's critical requests, as [`fold_buckets`] reads it: the bucket number
+/// (first, so that summaries sort in time order), how many, first and last time (ms after the
+/// bucket's start), the smallest inner gap, and per threshold (ascending) the number of inner
+/// gaps below it. Small and inline: the gather arrangement holds one per (IP, bucket), and
+/// every part of an IP is as large as this one.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BucketSummary {
+    bucket: u32,
+    requests: u32,
     first: u16,
     last: u16,
     min_gap: Option<u16>,
@@ -95,30 +111,33 @@ pub struct BucketSummary {
 /// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s).
 pub fn interval_parts<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr, Part)> {
     let by_bucket = critical
-        .map(|(ip, t, _, thresholds)| ((ip, t / BUCKET_MS), (t, thresholds)))
+        .map(|(ip, t, _, thresholds)| ((ip, bucket_of(t)), (t, thresholds)))
         .arrange_by_key_named("Arrange: IntervalBuckets");
-    super::reduce_total(by_bucket, "IntervalBuckets", |_key, input| {
+    super::reduce_total(by_bucket, "IntervalBuckets", |&(_ip, bucket), input| {
         // At any time every critical event carries the same thresholds.
         let thresholds = &input[0].0 .1;
         let times = input.iter().map(|&((t, _), n)| (t, n));
-        BucketGaps::of(times).map(|b| b.summary(thresholds))
+        BucketGaps::of(times).map(|b| b.summary(bucket, thresholds))
     })
-    .map(|((ip, bucket), summary)| (ip, Part::IntervalBucket(bucket, summary)))
+    .map(|((ip, _bucket), summary)| (ip, Part::IntervalBucket(summary)))
 }
 
-/// Indicators 3 and 4 of one IP from its bucket summaries in time order: the gaps of the
-/// window are the buckets' inner gaps plus the gaps between neighbouring buckets.
+/// Indicators 1, 3 and 4 of one IP from its bucket summaries in time order: the number of
+/// critical requests, and the gaps of the window, which are the buckets' inner gaps plus the
+/// gaps between neighbouring buckets.
 pub fn fold_buckets<'a>(
-    buckets: impl Iterator<Item = (u64, &'a BucketSummary)>,
-) -> (Option<i64>, LessThan) {
+    buckets: impl Iterator<Item = &'a BucketSummary>,
+) -> (i64, Option<i64>, LessThan) {
+    let mut requests = 0i64;
     let mut min_gap: Option<u64> = None;
     let mut below = LessThan::new();
     let mut previous_last: Option<u64> = None;
-    for (bucket, s) in buckets {
+    for s in buckets {
         if below.is_empty() {
             below = s.gaps_below.iter().map(|&(a, _)| (a, 0)).collect();
         }
-        let start = bucket * BUCKET_MS;
+        requests += i64::from(s.requests);
+        let start = u64::from(s.bucket) * BUCKET_MS;
         let mut smallest = s.min_gap.map(u64::from);
         let cross = previous_last.map(|prev| start + u64::from(s.first) - prev);
         if let Some(gap) = cross {
@@ -132,7 +151,7 @@ pub fn fold_buckets<'a>(
         }
         previous_last = Some(start + u64::from(s.last));
     }
-    (min_gap.map(|g| g as i64), below)
+    (requests, min_gap.map(|g| g as i64), below)
 }
 
 #[cfg(test)]
@@ -142,8 +161,8 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
-        /// Bucket summaries folded in time order give the gaps of the whole sequence, for any
-        /// number of thresholds (more than the one kept inline).
+        /// Bucket summaries folded in time order give the count and the gaps of the whole
+        /// sequence, for any number of thresholds (more than the one kept inline).
         #[test]
         fn folded_buckets_give_the_gaps_of_the_whole_sequence(
             mut times in proptest::collection::vec(0u64..40_000, 1..80),
@@ -156,18 +175,19 @@ mod tests {
             thresholds.sort_unstable();
             thresholds.dedup();
             let mut summaries = Vec::new();
-            for bucket in times.iter().map(|t| t / BUCKET_MS).collect::<std::collections::BTreeSet<_>>() {
+            for bucket in times.iter().map(|t| bucket_of(*t)).collect::<std::collections::BTreeSet<_>>() {
                 let mut counted: Vec<(u64, isize)> = Vec::new();
-                for &t in times.iter().filter(|t| *t / BUCKET_MS == bucket) {
+                for &t in times.iter().filter(|t| bucket_of(**t) == bucket) {
                     match counted.last_mut() {
                         Some((last, n)) if *last == t => *n += 1,
                         _ => counted.push((t, 1)),
                     }
                 }
                 let gaps = BucketGaps::of(counted.iter().map(|(t, n)| (t, *n))).unwrap();
-                summaries.push((bucket, gaps.summary(&thresholds)));
+                summaries.push(gaps.summary(bucket, &thresholds));
             }
-            let (min_gap, below) = fold_buckets(summaries.iter().map(|(b, s)| (*b, s)));
+            let (requests, min_gap, below) = fold_buckets(summaries.iter());
+            prop_assert_eq!(requests, times.len() as i64);
 
             let gaps: Vec<i64> = times.windows(2).map(|w| (w[1] - w[0]) as i64).collect();
             prop_assert_eq!(min_gap, gaps.iter().copied().min());

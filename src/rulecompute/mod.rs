@@ -105,6 +105,11 @@ impl WindowSpec {
     }
 }
 
+/// The latest event time the engine accepts: 3000-01-01T00:00:00Z. Later lines are
+/// dead-lettered as `bad_time` (a clock or parsing fault, not traffic); the window's interval
+/// buckets number time in 32 bits.
+pub const LATEST_EVENT_TIME_MS: u64 = 32_503_680_000_000;
+
 /// A processed request as rulecompute sees it: only what the indicators need.
 ///
 /// The user agent, JSESSIONID and journey are hashed: the indicators only count distinct
@@ -356,13 +361,12 @@ impl Indicators {
 pub enum Part {
     /// 0: a request of the IP.
     Request,
-    /// 1: a critical request of the IP.
-    CriticalPage,
     /// 2: a distinct user agent of the IP.
     UserAgent,
-    /// One 10 s bucket of the IP's critical requests (indicators 3 and 4, see [`intervals`]),
-    /// by bucket number: the parts of an IP come sorted, so its buckets come in time order.
-    IntervalBucket(u64, BucketSummary),
+    /// One 10 s bucket of the IP's critical requests (indicators 1, 3 and 4, see [`intervals`]).
+    /// Summaries sort by bucket number: the parts of an IP come sorted, so its buckets come in
+    /// time order.
+    IntervalBucket(BucketSummary),
     /// 5: a distinct JSESSIONID on the IP's critical requests.
     CriticalCookie,
     /// 6: a distinct journey of the IP.
@@ -435,10 +439,11 @@ pub type BlockCounts<'s> = differential_dataflow::operators::arrange::Arranged<
 /// Requests per /16 block in the window (indicator 7).
 pub type RequestsPerBlock<'s> = Coll<'s, (Block, i64)>;
 
-/// Indicators 0, 1, 2, 5 and 6 for every IP in the window as [`Part`]s, and the requests
+/// Indicators 0, 2, 5 and 6 for every IP in the window as [`Part`]s, and the requests
 /// per /16 block (indicator 7).
 ///
-/// Indicators 0 and 1 are the requests themselves as unit [`Part`]s. The distinct ones share
+/// Indicator 0 is the requests themselves as unit [`Part`]s (indicator 1 comes with the
+/// interval buckets). The distinct ones share
 /// one `distinct_total`, whose output (each distinct value once) is again a unit part per IP.
 /// Only the /16 blocks are counted by an operator; scoring reads them as [`block_levels`].
 pub fn count_indicators<'s>(
@@ -468,7 +473,6 @@ pub fn count_indicators<'s>(
 
     let parts = events
         .map(|e| (e.ip, Part::Request))
-        .concat(critical.map(|(ip, _, _, _)| (ip, Part::CriticalPage)))
         .concat(distinct.map(|d| {
             let part = match d.kind {
                 DistinctKind::UserAgent => Part::UserAgent,
@@ -576,21 +580,21 @@ pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByPartition<'s> 
     let arranged = parts.arrange_by_key_named("Arrange: GatherIndicators");
     let indicators = reduce_total(arranged, "GatherIndicators", |_ip, input| {
         let mut ind = Indicators::default();
-        let mut buckets = smallvec::SmallVec::<[(u64, &BucketSummary); 32]>::new();
+        let mut buckets = smallvec::SmallVec::<[&BucketSummary; 32]>::new();
         for &(part, count) in input {
             // The multiplicity of a unit part is its count (see `Part`).
             let count = count as i64;
             match part {
                 Part::Request => ind.ip = count,
-                Part::CriticalPage => ind.critical_pages = count,
                 Part::UserAgent => ind.user_agent = count,
-                Part::IntervalBucket(bucket, summary) => buckets.push((*bucket, summary)),
+                Part::IntervalBucket(summary) => buckets.push(summary),
                 Part::CriticalCookie => ind.critical_cookies = count,
                 Part::FlightQuery => ind.flight_query = count,
             }
         }
         if !buckets.is_empty() {
-            let (min_ms, less_than) = intervals::fold_buckets(buckets.into_iter());
+            let (critical, min_ms, less_than) = intervals::fold_buckets(buckets.into_iter());
+            ind.critical_pages = critical;
             ind.critical_pages_acc_time = min_ms;
             ind.critical_pages_less_than = less_than;
         }
