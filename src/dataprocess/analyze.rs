@@ -451,19 +451,28 @@ impl CompiledRule {
 
 /// A parsed body.
 enum Doc<'a> {
-    Form(Vec<(String, String)>),
+    /// Decoded pairs, borrowed from the text when they hold no escapes.
+    Form(Vec<(Cow<'a, str>, Cow<'a, str>)>),
     Json(Value),
     Xml(roxmltree::Document<'a>),
 }
 
 impl Doc<'_> {
+    /// The values of the form fields named `k`, in order (none for another kind of body).
+    fn form_values<'d>(&'d self, k: &'d str) -> impl DoubleEndedIterator<Item = &'d str> + 'd {
+        let pairs = match self {
+            Doc::Form(pairs) => pairs.as_slice(),
+            _ => &[],
+        };
+        pairs
+            .iter()
+            .filter(move |(pk, _)| pk == k)
+            .map(|(_, v)| &**v)
+    }
+
     fn strings(&self, path: &FieldPath) -> Vec<String> {
         match (self, path) {
-            (Doc::Form(pairs), FieldPath::Key(k)) => pairs
-                .iter()
-                .filter(|(pk, _)| pk == k)
-                .map(|(_, v)| v.clone())
-                .collect(),
+            (Doc::Form(_), FieldPath::Key(k)) => self.form_values(k).map(str::to_owned).collect(),
             (Doc::Json(v), FieldPath::Json(p)) => p.strings(v),
             (Doc::Xml(d), FieldPath::Xml(p)) => p.strings(d),
             _ => Vec::new(),
@@ -472,19 +481,20 @@ impl Doc<'_> {
 
     /// The scalar value: the last form value, else the first selected value.
     fn scalar(&self, path: &FieldPath) -> String {
-        let mut all = self.strings(path);
-        match self {
-            Doc::Form(_) => all.pop(),
-            _ => all.into_iter().next(),
+        match (self, path) {
+            (Doc::Form(_), FieldPath::Key(k)) => self
+                .form_values(k)
+                .next_back()
+                .unwrap_or_default()
+                .to_owned(),
+            (Doc::Form(_), _) => String::new(),
+            _ => self.strings(path).into_iter().next().unwrap_or_default(),
         }
-        .unwrap_or_default()
     }
 }
 
-fn form_pairs(s: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(s.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
+fn form_pairs(s: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    form_urlencoded::parse(s.as_bytes()).collect()
 }
 
 /// Undoes nginx's `\xHH` escaping of logged bodies; `None` when there is none.
@@ -562,12 +572,12 @@ impl CompiledRule {
             BodyKind::Get => Cow::Borrowed(uri_query(request)),
             BodyKind::Form | BodyKind::Json | BodyKind::Xml => Cow::Borrowed(body),
             BodyKind::JsonInForm | BodyKind::XmlInForm => {
-                match form_pairs(body)
-                    .into_iter()
-                    .rev()
-                    .find(|(k, _)| *k == self.form_field)
+                // The last pair of that name, decoded (the others are not kept).
+                match form_urlencoded::parse(body.as_bytes())
+                    .filter(|(k, _)| *k == self.form_field)
+                    .last()
                 {
-                    Some((_, v)) => Cow::Owned(v),
+                    Some((_, v)) => v,
                     None => return Parsed::default(),
                 }
             }
