@@ -407,12 +407,36 @@ impl Analyzer {
         behavior: BehaviorType,
         request: &str,
     ) -> Option<&CompiledRule> {
-        self.rules.iter().rev().find(|r| {
-            r.behavior_type == behavior.id()
-                && r.flight_type == flight.id()
-                && (r.method.is_empty() || r.method.eq_ignore_ascii_case(method))
-                && r.re.is_match(request)
+        self.find_with(method, flight, behavior, |i| {
+            self.rules[i].re.is_match(request)
         })
+    }
+
+    /// [`Analyzer::find`] with the regex test given: `line_matches(i)` says whether the
+    /// request line fully matches the expression of the `i`-th of [`Analyzer::expressions`].
+    pub fn find_with(
+        &self,
+        method: &str,
+        flight: FlightType,
+        behavior: BehaviorType,
+        line_matches: impl Fn(usize) -> bool,
+    ) -> Option<&CompiledRule> {
+        self.rules
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(i, r)| {
+                r.behavior_type == behavior.id()
+                    && r.flight_type == flight.id()
+                    && (r.method.is_empty() || r.method.eq_ignore_ascii_case(method))
+                    && line_matches(*i)
+            })
+            .map(|(_, r)| r)
+    }
+
+    /// The full-match request expressions of the rules, in rule order.
+    pub fn expressions(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.re.as_str())
     }
 }
 

@@ -53,6 +53,11 @@ impl Filter {
     pub fn is_filtered(&self, request: &str) -> bool {
         self.set.is_match(request)
     }
+
+    /// The full-match patterns of the rules.
+    pub fn patterns(&self) -> &[String] {
+        self.set.patterns()
+    }
 }
 
 /// The four class lists in classification order.
@@ -98,12 +103,23 @@ impl Classifier {
     /// First match in the order domestic-query, international-query, domestic-book,
     /// international-book; else (Other, Other).
     pub fn classify(&self, request: &str) -> (FlightType, BehaviorType) {
-        for (set, &class) in self.sets.iter().zip(CLASSES.iter()) {
-            if set.is_match(request) {
-                return class;
-            }
-        }
-        (FlightType::Other, BehaviorType::Other)
+        self.classify_with(|list| self.sets[list].is_match(request))
+    }
+
+    /// [`Classifier::classify`] with the regex test given: `list_matches(i)` says whether the
+    /// request line fully matches a pattern of the `i`-th of [`Classifier::pattern_lists`].
+    pub fn classify_with(
+        &self,
+        list_matches: impl Fn(usize) -> bool,
+    ) -> (FlightType, BehaviorType) {
+        (0..CLASSES.len())
+            .find(|&i| list_matches(i))
+            .map_or((FlightType::Other, BehaviorType::Other), |i| CLASSES[i])
+    }
+
+    /// The full-match patterns of each class list, in classification order.
+    pub fn pattern_lists(&self) -> impl Iterator<Item = &[String]> {
+        self.sets.iter().map(RegexSet::patterns)
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod analyze;
 pub mod classify;
 pub mod cookie;
+pub mod line_rules;
 pub mod mask;
 pub mod processed;
 pub mod travel;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use analyze::Analyzer;
 pub use classify::{Classifier, Filter};
 pub use cookie::cookie_value;
+pub use line_rules::LineRules;
 pub use mask::{MaskMode, Masker};
 pub use processed::{to_cs_line, to_json_line};
 pub use travel::travel_type;
@@ -43,6 +45,8 @@ pub struct DataRules {
     pub filter: Filter,
     pub classifier: Classifier,
     pub analyzer: Analyzer,
+    /// The request-line regexes of all three, for one search per record.
+    pub lines: LineRules,
 }
 
 impl DataRules {
@@ -53,10 +57,15 @@ impl DataRules {
         classify: &[ClassifyRule],
         analyze: &[AnalyzeRule],
     ) -> anyhow::Result<DataRules> {
+        let filter = Filter::compile(filter)?;
+        let classifier = Classifier::compile(classify)?;
+        let analyzer = Analyzer::compile(analyze)?;
+        let lines = LineRules::new(&filter, &classifier, &analyzer)?;
         Ok(DataRules {
-            filter: Filter::compile(filter)?,
-            classifier: Classifier::compile(classify)?,
-            analyzer: Analyzer::compile(analyze)?,
+            filter,
+            classifier,
+            analyzer,
+            lines,
         })
     }
 
@@ -120,8 +129,10 @@ pub fn process(
     cookies: &CookieNames,
     rec: LogRecord,
 ) -> Outcome {
-    // 2. Filter on the raw request line.
-    if rules.filter.is_filtered(&rec.request) {
+    // 2. Filter on the raw request line. One search answers steps 2, 4 and 6 (see
+    // `line_rules`), unless masking changes the line.
+    let raw_matches = rules.lines.matches(&rec.request);
+    if rules.lines.is_filtered(&raw_matches) {
         return Outcome::Filtered;
     }
     // 3. Mask every string that can reach an output (moved, not copied, when clean).
@@ -144,7 +155,15 @@ pub fn process(
         request_time,
         ..
     } = rec;
-    let request = m(request);
+    let masked = masker.mask(&request);
+    let line = match &masked {
+        Cow::Borrowed(_) => raw_matches,
+        Cow::Owned(changed) => rules.lines.matches(changed),
+    };
+    let request = match masked {
+        Cow::Owned(o) => o,
+        Cow::Borrowed(_) => request,
+    };
     let body = masker.mask(&request_body);
     let referer = m(http_referer);
     let cookie = masker.mask(&http_cookie);
@@ -156,7 +175,7 @@ pub fn process(
     let jsessionid = cookie_id(&cookies.jsessionid);
     let user_id = cookie_id(&cookies.user_id);
     // 4. Classify.
-    let (flight, behavior) = rules.classifier.classify(&request);
+    let (flight, behavior) = rules.lines.classify(&rules.classifier, &line);
     // 5. Travel type from the referer.
     let referer_travel = travel_type(&referer);
     // 6. Parse the body.
@@ -165,7 +184,9 @@ pub fn process(
     } else {
         rules
             .analyzer
-            .find(&method, flight, behavior, &request)
+            .find_with(&method, flight, behavior, |i| {
+                rules.lines.analyze_matches(&line, i)
+            })
             .map(|r| r.parse(masker, &request, &body, flight, referer_travel))
             .unwrap_or_default()
     };
