@@ -108,18 +108,40 @@ pub struct BucketSummary {
     gaps_below: smallvec::SmallVec<[(i64, u32); 1]>,
 }
 
+/// An IP's bucket, the key of the per-bucket reduce. Hashed as its IP alone: differential
+/// exchanges a key by its hash, so the buckets of an IP are summed up on the worker that
+/// gathers the IP, and their summaries reach the gather without crossing workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct IpBucket {
+    ip: IpAddr,
+    bucket: u32,
+}
+
+/// Equal keys have equal IPs, so `Hash` agrees with `Eq`.
+impl std::hash::Hash for IpBucket {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.ip.hash(state);
+    }
+}
+
 /// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s).
 pub fn interval_parts<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr, Part)> {
     let by_bucket = critical
-        .map(|(ip, t, _, thresholds)| ((ip, bucket_of(t)), (t, thresholds)))
+        .map(|(ip, t, _, thresholds)| {
+            let key = IpBucket {
+                ip,
+                bucket: bucket_of(t),
+            };
+            (key, (t, thresholds))
+        })
         .arrange_by_key_named("Arrange: IntervalBuckets");
-    super::reduce_total(by_bucket, "IntervalBuckets", |&(_ip, bucket), input| {
+    super::reduce_total(by_bucket, "IntervalBuckets", |key, input| {
         // At any time every critical event carries the same thresholds.
         let thresholds = &input[0].0 .1;
         let times = input.iter().map(|&((t, _), n)| (t, n));
-        BucketGaps::of(times).map(|b| b.summary(bucket, thresholds))
+        BucketGaps::of(times).map(|b| b.summary(key.bucket, thresholds))
     })
-    .map(|((ip, _bucket), summary)| (ip, Part::IntervalBucket(summary)))
+    .map(|(key, summary)| (key.ip, Part::IntervalBucket(summary)))
 }
 
 /// Indicators 1, 3 and 4 of one IP from its bucket summaries in time order: the number of

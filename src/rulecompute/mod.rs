@@ -376,7 +376,10 @@ pub enum Part {
 /// What one shared `distinct_total` makes distinct: the values the distinct indicators count,
 /// as plain integers (the IP as its bits), so that sorting and merging them compares words,
 /// not enums of byte arrays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Hashed as its IP alone (see the `Hash` impl): the distinct values of an IP are counted on
+/// the worker that gathers the IP, so they reach the gather without crossing workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct Distinct {
     v6: bool,
     ip: u128,
@@ -389,6 +392,15 @@ enum DistinctKind {
     UserAgent,
     CriticalCookie,
     Journey,
+}
+
+/// The IP's hash: differential exchanges a key by its hash, and the gather's input is
+/// exchanged by the hash of the `IpAddr`. Equal values have equal IPs, so `Hash` agrees
+/// with `Eq`.
+impl std::hash::Hash for Distinct {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.ip().hash(state);
+    }
 }
 
 impl Distinct {
