@@ -5,7 +5,10 @@
 //! `RegexSet` pass. When a rule is added or removed, the pattern list changes, every distinct
 //! request is matched again, and the critical events already in the window follow.
 
-use super::{list_per_partition, Coll, CriticalEvent, Thresholds, WinRecord, PARTITIONS};
+use super::{
+    arranged_here, broadcast_arranged, list_per_partition, Coll, CriticalEvent, Thresholds,
+    WinRecord, PARTITIONS,
+};
 use differential_dataflow::operators::ThresholdTotal;
 use regex::RegexSet;
 
@@ -60,6 +63,10 @@ pub fn critical_requests<'s>(
 /// joined once per distinct critical request line, not once per interval bucket, and a
 /// threshold change re-emits the critical events of the window, so their buckets are summed
 /// up again under the new thresholds.
+///
+/// The events are joined where they were read, with the critical request lines arranged on
+/// every worker: exchanged by request line, a few hot lines (an API's POST endpoint) would
+/// put most events' join on one worker.
 pub fn critical_events<'s>(
     events: Coll<'s, WinRecord>,
     request_lines: Coll<'s, (u64, String)>,
@@ -74,9 +81,12 @@ pub fn critical_events<'s>(
         .join_core(thresholds, |_p, h, list| {
             Some((*h, list.iter().copied().collect::<Thresholds>()))
         });
-    events
-        .map(|e| (e.request_hash, (e.ip, e.t_ms, e.cookie_hash)))
-        .join_map(critical, |_h, &(ip, t, cookie), thresholds| {
-            (ip, t, cookie, thresholds.clone())
-        })
+    let events_by_request = arranged_here(
+        events.map(|e| (e.request_hash, (e.ip, e.t_ms, e.cookie_hash))),
+        "Arrange: Events by request line (here)",
+    );
+    let critical = broadcast_arranged(critical, "Arrange: Critical request lines (every worker)");
+    events_by_request.join_core(critical, |_h, &(ip, t, cookie), thresholds| {
+        Some((ip, t, cookie, thresholds.clone()))
+    })
 }
