@@ -155,14 +155,12 @@ pub fn process(
         request_time,
         ..
     } = rec;
-    let masked = masker.mask(&request);
-    let line = match &masked {
-        Cow::Borrowed(_) => raw_matches,
-        Cow::Owned(changed) => rules.lines.matches(changed),
-    };
-    let request = match masked {
-        Cow::Owned(o) => o,
-        Cow::Borrowed(_) => request,
+    let (request, line) = match masker.mask(&request) {
+        Cow::Borrowed(_) => (request, raw_matches),
+        Cow::Owned(masked) => {
+            let line = rules.lines.matches(&masked);
+            (masked, line)
+        }
     };
     let body = masker.mask(&request_body);
     let referer = m(http_referer);

@@ -38,59 +38,46 @@ fn bucket_of(t_ms: u64) -> u32 {
     u32::try_from(t_ms / BUCKET_MS).unwrap_or(u32::MAX)
 }
 
-/// The critical requests of one IP in one bucket: first and last time (ms after the bucket's
-/// start), and the gaps between consecutive ones, sorted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct BucketGaps {
-    first: u16,
-    last: u16,
-    gaps: Vec<u16>,
-}
-
-impl BucketGaps {
-    /// Summarises the sorted times (with multiplicities) of one bucket.
-    fn of<'a>(times: impl Iterator<Item = (&'a u64, isize)>) -> Option<BucketGaps> {
-        let mut out: Option<BucketGaps> = None;
-        for (&t, n) in times {
-            let t = (t % BUCKET_MS) as u16;
-            for _ in 0..n.max(0) {
-                match out.as_mut() {
-                    None => {
-                        out = Some(BucketGaps {
-                            first: t,
-                            last: t,
-                            gaps: Vec::new(),
-                        })
+/// Summarises the sorted times (with multiplicities) of one IP's critical requests in bucket
+/// `bucket`, for the thresholds in force (sorted; 0 and below count nothing and are left
+/// out). One pass, no list of gaps: the reduce calls this for every changed bucket.
+fn summarize<'a>(
+    bucket: u32,
+    times: impl Iterator<Item = (&'a u64, isize)>,
+    thresholds: &[i64],
+) -> Option<BucketSummary> {
+    let mut out: Option<BucketSummary> = None;
+    for (&t, n) in times {
+        let t = (t % BUCKET_MS) as u16;
+        for _ in 0..n.max(0) {
+            match out.as_mut() {
+                None => {
+                    out = Some(BucketSummary {
+                        bucket,
+                        requests: 1,
+                        first: t,
+                        last: t,
+                        min_gap: None,
+                        gaps_below: thresholds
+                            .iter()
+                            .filter(|a| **a > 0)
+                            .map(|&a| (a, 0))
+                            .collect(),
+                    })
+                }
+                Some(s) => {
+                    let gap = t - s.last;
+                    s.requests += 1;
+                    s.min_gap = Some(s.min_gap.map_or(gap, |m| m.min(gap)));
+                    for (a, below) in s.gaps_below.iter_mut() {
+                        *below += u32::from(i64::from(gap) < *a);
                     }
-                    Some(b) => {
-                        b.gaps.push(t - b.last);
-                        b.last = t;
-                    }
+                    s.last = t;
                 }
             }
         }
-        if let Some(b) = out.as_mut() {
-            b.gaps.sort_unstable();
-        }
-        out
     }
-
-    /// The bucket as the fold needs it, for the thresholds in force (sorted; 0 and below
-    /// count nothing and are left out).
-    fn summary(&self, bucket: u32, thresholds: &[i64]) -> BucketSummary {
-        BucketSummary {
-            bucket,
-            requests: self.gaps.len() as u32 + 1,
-            first: self.first,
-            last: self.last,
-            min_gap: self.gaps.first().copied(),
-            gaps_below: thresholds
-                .iter()
-                .filter(|a| **a > 0)
-                .map(|&a| (a, self.gaps.partition_point(|g| i64::from(*g) < a) as u32))
-                .collect(),
-        }
-    }
+    out
 }
 
 /// One bucket of an IP's critical requests, as [`fold_buckets`] reads it: the bucket number
@@ -139,7 +126,7 @@ pub fn interval_parts<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr
         // At any time every critical event carries the same thresholds.
         let thresholds = &input[0].0 .1;
         let times = input.iter().map(|&((t, _), n)| (t, n));
-        BucketGaps::of(times).map(|b| b.summary(key.bucket, thresholds))
+        summarize(key.bucket, times, thresholds)
     })
     .map(|(key, summary)| (key.ip, Part::IntervalBucket(summary)))
 }
@@ -205,8 +192,8 @@ mod tests {
                         _ => counted.push((t, 1)),
                     }
                 }
-                let gaps = BucketGaps::of(counted.iter().map(|(t, n)| (t, *n))).unwrap();
-                summaries.push(gaps.summary(bucket, &thresholds));
+                let times = counted.iter().map(|(t, n)| (t, *n));
+                summaries.push(summarize(bucket, times, &thresholds).unwrap());
             }
             let (requests, min_gap, below) = fold_buckets(summaries.iter());
             prop_assert_eq!(requests, times.len() as i64);

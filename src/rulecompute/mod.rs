@@ -455,9 +455,9 @@ pub type RequestsPerBlock<'s> = Coll<'s, (Block, i64)>;
 /// per /16 block (indicator 7).
 ///
 /// Indicator 0 is the requests themselves as unit [`Part`]s (indicator 1 comes with the
-/// interval buckets). The distinct ones share
-/// one `distinct_total`, whose output (each distinct value once) is again a unit part per IP.
-/// Only the /16 blocks are counted by an operator; scoring reads them as [`block_levels`].
+/// interval buckets). The distinct ones share one `distinct_total`, whose output (each
+/// distinct value once) is again a unit part per IP. Only the /16 blocks are counted by an
+/// operator; scoring reads them as [`block_levels`].
 pub fn count_indicators<'s>(
     events: Coll<'s, WinRecord>,
     critical: Coll<'s, CriticalEvent>,
