@@ -4,24 +4,37 @@
 //! (`line_no % peers == index`), so parsing is spread over the workers with no exchange.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+use bytes::{Buf, BytesMut};
 
 use super::{LineSource, Poll, RawLine};
 use crate::format::LogFormat;
 
 /// Longest line kept whole; longer lines are cut here and dead-lettered as oversize.
 const MAX_KEEP: usize = 1 << 20;
+/// Size of a newly allocated read buffer.
+const READ_CHUNK: usize = 1 << 20;
+/// Most bytes asked of the file per read: the space is zeroed first, so a followed file polled
+/// every millisecond must not zero a whole chunk each time.
+const MAX_READ: usize = 128 << 10;
 
 pub struct FileSource {
-    reader: BufReader<Box<dyn Read + Send>>,
+    reader: Box<dyn Read + Send>,
+    /// Read and not yet taken: the lines handed out share this buffer's memory (a line is a
+    /// slice of the chunk it was read into, not a copy of its own).
+    pending: BytesMut,
+    /// How much of `pending` is known to hold no newline.
+    scanned: usize,
+    /// The rest of an oversize line (up to its newline) is being skipped.
+    skipping: bool,
     path: Option<PathBuf>,
     follow: bool,
     line_no: u64,
     /// Bytes consumed so far (to notice truncation of a followed file).
     offset: u64,
     shard: (u64, u64),
-    partial: Vec<u8>,
     format: LogFormat,
 }
 
@@ -39,13 +52,15 @@ impl FileSource {
             (Box::new(File::open(path)?), Some(path.to_path_buf()))
         };
         Ok(FileSource {
-            reader: BufReader::with_capacity(1 << 20, reader),
+            reader,
+            pending: BytesMut::new(),
+            scanned: 0,
+            skipping: false,
             path,
             follow,
             line_no: 0,
             offset: 0,
             shard: (shard.0 as u64, shard.1.max(1) as u64),
-            partial: Vec::new(),
             format,
         })
     }
@@ -59,50 +74,54 @@ impl FileSource {
         if len < self.offset {
             let mut f = File::open(path)?;
             f.seek(SeekFrom::Start(0))?;
-            self.reader = BufReader::with_capacity(1 << 20, Box::new(f));
+            self.reader = Box::new(f);
             self.offset = 0;
-            self.partial.clear();
+            self.pending.clear();
+            self.scanned = 0;
+            self.skipping = false;
         }
         Ok(())
     }
-}
 
-impl FileSource {
-    /// Takes the next line straight from the read buffer when it is there whole (nearly
-    /// always): a line of another worker is skipped without a copy, a line of this worker is
-    /// copied once, to size. Every worker scans the whole file, so this scan is per line read,
-    /// not per line kept (2 workers: it was ~15 % of a replay's time).
-    fn next_line_in_buffer(
-        &mut self,
-        buf: &mut Vec<RawLine>,
-        got: &mut usize,
-    ) -> std::io::Result<bool> {
-        let mine = (self.line_no + 1) % self.shard.1 == self.shard.0;
-        let found = {
-            let available = self.reader.fill_buf()?;
-            memchr::memchr(b'\n', available)
-                .map(|pos| (pos + 1, mine.then(|| available[..=pos].to_vec())))
-        };
-        let Some((len, bytes)) = found else {
-            return Ok(false);
-        };
-        self.reader.consume(len);
-        self.offset += len as u64;
-        self.line_no += 1;
-        if let Some(bytes) = bytes {
-            buf.push(self.raw(bytes));
-            *got += 1;
+    /// Appends what the file has now to `pending`; 0 at its end. The read goes straight into
+    /// the buffer the lines are taken from: no copy of the line bytes between the two.
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let start = self.pending.len();
+        if self.pending.capacity() - start < MAX_READ {
+            // Lines handed out still hold the old chunk: a new one is allocated, and only the
+            // unfinished line is copied into it.
+            self.pending.reserve(READ_CHUNK);
         }
-        Ok(true)
+        let room = (self.pending.capacity() - start).min(MAX_READ);
+        self.pending.resize(start + room, 0);
+        let read = loop {
+            match self.reader.read(&mut self.pending[start..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        self.pending.truncate(start + *read.as_ref().unwrap_or(&0));
+        read
     }
 
-    fn raw(&self, bytes: Vec<u8>) -> RawLine {
-        RawLine {
-            no: self.line_no,
-            bytes,
-            format: self.format,
-            replay: false,
-            slot: 0,
+    /// Takes the first `len` bytes of `pending` as the next line: kept if it is this
+    /// worker's, dropped otherwise.
+    fn take_line(&mut self, len: usize, buf: &mut Vec<RawLine>, got: &mut usize) {
+        self.scanned = 0;
+        self.offset += len as u64;
+        self.line_no += 1;
+        if self.line_no % self.shard.1 == self.shard.0 {
+            let bytes = self.pending.split_to(len).freeze();
+            buf.push(RawLine {
+                no: self.line_no,
+                bytes,
+                format: self.format,
+                replay: false,
+                slot: 0,
+            });
+            *got += 1;
+        } else {
+            self.pending.advance(len);
         }
     }
 }
@@ -111,48 +130,59 @@ impl LineSource for FileSource {
     fn poll(&mut self, buf: &mut Vec<RawLine>, max: usize) -> std::io::Result<Poll> {
         let mut got = 0;
         while got < max {
-            if self.partial.is_empty() && self.next_line_in_buffer(buf, &mut got)? {
-                continue;
-            }
-            let mut line = std::mem::take(&mut self.partial);
-            let n = (&mut self.reader)
-                .take((MAX_KEEP - line.len().min(MAX_KEEP)) as u64 + 1)
-                .read_until(b'\n', &mut line)?;
-            self.offset += n as u64;
-            if n == 0 {
-                // End of what is there now. A followed file keeps an unterminated tail for later.
-                if self.follow {
-                    self.partial = line;
-                    self.reopen_if_rotated()?;
-                    return Ok(if got > 0 { Poll::Data } else { Poll::Idle });
-                }
-                if !line.is_empty() {
-                    self.line_no += 1;
-                    if self.line_no % self.shard.1 == self.shard.0 {
-                        buf.push(self.raw(line));
-                        got += 1;
+            if self.skipping {
+                // The rest of an oversize line, through its newline, is dropped.
+                match memchr::memchr(b'\n', &self.pending) {
+                    Some(pos) => {
+                        self.pending.advance(pos + 1);
+                        self.offset += pos as u64 + 1;
+                        self.skipping = false;
+                    }
+                    None => {
+                        self.offset += self.pending.len() as u64;
+                        self.pending.clear();
+                        if self.fill()? == 0 {
+                            return self.at_end(buf, got);
+                        }
                     }
                 }
-                return Ok(if got > 0 { Poll::Data } else { Poll::Eof });
+                continue;
             }
-            if line.last() != Some(&b'\n') {
-                if line.len() > MAX_KEEP {
-                    // Oversize: keep the head (it will be dead-lettered), skip to the newline.
-                    let mut sink = Vec::new();
-                    let skipped = self.reader.read_until(b'\n', &mut sink)?;
-                    self.offset += skipped as u64;
-                } else if self.follow {
-                    self.partial = line;
-                    return Ok(if got > 0 { Poll::Data } else { Poll::Idle });
-                }
+            // A line is whole when its newline is within the first MAX_KEEP + 1 bytes.
+            let window = self.pending.len().min(MAX_KEEP + 1);
+            if let Some(pos) = memchr::memchr(b'\n', &self.pending[self.scanned..window]) {
+                self.take_line(self.scanned + pos + 1, buf, &mut got);
+                continue;
             }
-            self.line_no += 1;
-            if self.line_no % self.shard.1 == self.shard.0 {
-                buf.push(self.raw(line));
-                got += 1;
+            self.scanned = window;
+            if window > MAX_KEEP {
+                // Oversize: keep the head (it will be dead-lettered), skip to the newline.
+                self.take_line(window, buf, &mut got);
+                self.skipping = true;
+                continue;
+            }
+            if self.fill()? == 0 {
+                return self.at_end(buf, got);
             }
         }
         Ok(Poll::Data)
+    }
+}
+
+impl FileSource {
+    /// End of what is there now. A followed file keeps an unterminated tail for later;
+    /// otherwise the tail is the last line.
+    fn at_end(&mut self, buf: &mut Vec<RawLine>, mut got: usize) -> std::io::Result<Poll> {
+        if self.follow {
+            self.reopen_if_rotated()?;
+        } else if !self.pending.is_empty() && !self.skipping {
+            self.take_line(self.pending.len(), buf, &mut got);
+        }
+        Ok(match got {
+            0 if self.follow => Poll::Idle,
+            0 => Poll::Eof,
+            _ => Poll::Data,
+        })
     }
 }
 
@@ -181,8 +211,26 @@ mod tests {
         w.write_all(b"-end\nl5\n").unwrap();
         buf.clear();
         assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Data);
-        assert_eq!(buf[0].bytes, b"l4-end\n");
+        assert_eq!(&buf[0].bytes[..], b"l4-end\n");
         assert_eq!(buf.len(), 2);
+    }
+
+    #[test]
+    fn a_followed_file_that_is_truncated_is_read_again_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rot.log");
+        std::fs::write(&p, "first-a\nfirst-b\npartial").unwrap();
+        let mut f = FileSource::open(&p, LogFormat::Cs, true, (0, 1)).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Data);
+        assert_eq!(buf.len(), 2);
+        // Rotated: the file is shorter than what was read; the unfinished tail is dropped.
+        std::fs::write(&p, "new\n").unwrap();
+        buf.clear();
+        assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Idle);
+        assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Data);
+        let lines: Vec<&[u8]> = buf.iter().map(|l| &l.bytes[..]).collect();
+        assert_eq!(lines, [&b"new\n"[..]]);
     }
 
     #[test]
@@ -220,10 +268,13 @@ mod tests {
         }
         let mut sharded: Vec<(u64, Vec<u8>)> = (0..3)
             .flat_map(|k| read_all((k, 3)))
-            .map(|raw| (raw.no, raw.bytes))
+            .map(|raw| (raw.no, raw.bytes.to_vec()))
             .collect();
         sharded.sort();
-        let whole: Vec<(u64, Vec<u8>)> = whole.into_iter().map(|r| (r.no, r.bytes)).collect();
+        let whole: Vec<(u64, Vec<u8>)> = whole
+            .into_iter()
+            .map(|r| (r.no, r.bytes.to_vec()))
+            .collect();
         assert_eq!(sharded, whole);
     }
 }

@@ -384,7 +384,7 @@ impl LineSource for KafkaSource {
             p.eof = None;
             buf.push(RawLine {
                 no: offset as u64,
-                bytes: msg.payload().unwrap_or_default().to_vec(),
+                bytes: bytes::Bytes::copy_from_slice(msg.payload().unwrap_or_default()),
                 format: p.format,
                 replay: offset < p.resume,
                 slot: slot as u32,

@@ -14,7 +14,8 @@ use crate::format::LogFormat;
 pub struct RawLine {
     /// 1-based line number in a file; the offset in a Kafka partition.
     pub no: u64,
-    pub bytes: Vec<u8>,
+    /// The line as read, newline included (a slice of the source's read buffer).
+    pub bytes: bytes::Bytes,
     pub format: LogFormat,
     /// Re-read after a restart to rebuild the window: its outputs were already written.
     pub replay: bool,
