@@ -192,7 +192,7 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn shards_and_follows() {
+    fn shards_follows_and_reopens_a_rotated_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.log");
         std::fs::write(&p, "l1\nl2\nl3\nl4").unwrap();
@@ -213,18 +213,11 @@ mod tests {
         assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Data);
         assert_eq!(&buf[0].bytes[..], b"l4-end\n");
         assert_eq!(buf.len(), 2);
-    }
 
-    #[test]
-    fn a_followed_file_that_is_truncated_is_read_again_from_its_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("rot.log");
-        std::fs::write(&p, "first-a\nfirst-b\npartial").unwrap();
-        let mut f = FileSource::open(&p, LogFormat::Cs, true, (0, 1)).unwrap();
-        let mut buf = Vec::new();
-        assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Data);
-        assert_eq!(buf.len(), 2);
-        // Rotated: the file is shorter than what was read; the unfinished tail is dropped.
+        w.write_all(b"unfinished").unwrap();
+        assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Idle);
+        // Rotated: the file is shorter than what was read. It is read again from its start,
+        // and the unfinished tail of the old one is dropped.
         std::fs::write(&p, "new\n").unwrap();
         buf.clear();
         assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Idle);
