@@ -25,9 +25,9 @@
 
 use std::borrow::Cow;
 
+use super::json_doc::JsonDoc;
 use anyhow::anyhow;
 use regex::Regex;
-use serde_json::Value;
 
 use super::classify::compile_full;
 use super::mask::Masker;
@@ -117,28 +117,26 @@ impl JsonPath {
     }
 
     /// All values the path selects: array elements in order, object members in key order
-    /// (serde_json's map is sorted).
-    pub fn eval<'v>(&self, root: &'v Value) -> Vec<&'v Value> {
+    /// (as serde_json's sorted map).
+    pub fn eval<'d, 'v>(&self, root: &'d JsonDoc<'v>) -> Vec<&'d JsonDoc<'v>> {
         let mut cur = vec![root];
         for step in &self.0 {
             let mut next = Vec::new();
             for v in cur {
                 match step {
                     JsonStep::Field(n) => match v {
-                        Value::Object(m) => next.extend(m.get(n)),
-                        Value::Array(a) => {
-                            next.extend(a.iter().filter_map(|e| e.as_object()?.get(n)))
-                        }
+                        JsonDoc::Object(_) => next.extend(v.get(n)),
+                        JsonDoc::Array(a) => next.extend(a.iter().filter_map(|e| e.get(n))),
                         _ => {}
                     },
                     JsonStep::Index(i) => {
-                        if let Value::Array(a) = v {
+                        if let JsonDoc::Array(a) = v {
                             next.extend(a.get(*i));
                         }
                     }
                     JsonStep::Wildcard => match v {
-                        Value::Object(m) => next.extend(m.values()),
-                        Value::Array(a) => next.extend(a.iter()),
+                        JsonDoc::Object(m) => next.extend(m.iter().map(|(_, c)| c)),
+                        JsonDoc::Array(a) => next.extend(a.iter()),
                         _ => {}
                     },
                     JsonStep::Descendant(n) => descendants(v, n, &mut next),
@@ -150,21 +148,37 @@ impl JsonPath {
     }
 
     /// The selected values as strings; arrays at the end of the path are flattened.
-    pub fn strings(&self, root: &Value) -> Vec<String> {
+    pub fn strings(&self, root: &JsonDoc) -> Vec<String> {
         let mut out = Vec::new();
         for v in self.eval(root) {
             match v {
-                Value::Array(a) => out.extend(a.iter().map(json_string)),
-                v => out.push(json_string(v)),
+                JsonDoc::Array(a) => out.extend(a.iter().map(JsonDoc::to_field)),
+                v => out.push(v.to_field()),
             }
         }
         out
     }
+
+    /// The first of [`JsonPath::strings`]. A path of object members only (`$.a.b`, the usual
+    /// query field) is walked without collecting what it selects.
+    pub fn scalar(&self, root: &JsonDoc) -> Option<String> {
+        let mut v = root;
+        for step in &self.0 {
+            match (step, v) {
+                (JsonStep::Field(n), JsonDoc::Object(_)) => v = v.get(n)?,
+                _ => return self.strings(root).into_iter().next(),
+            }
+        }
+        match v {
+            JsonDoc::Array(a) => a.first().map(JsonDoc::to_field),
+            v => Some(v.to_field()),
+        }
+    }
 }
 
-fn descendants<'v>(v: &'v Value, name: &str, out: &mut Vec<&'v Value>) {
+fn descendants<'d, 'v>(v: &'d JsonDoc<'v>, name: &str, out: &mut Vec<&'d JsonDoc<'v>>) {
     match v {
-        Value::Object(m) => {
+        JsonDoc::Object(m) => {
             for (k, c) in m {
                 if k == name {
                     out.push(c);
@@ -172,18 +186,8 @@ fn descendants<'v>(v: &'v Value, name: &str, out: &mut Vec<&'v Value>) {
                 descendants(c, name, out);
             }
         }
-        Value::Array(a) => a.iter().for_each(|c| descendants(c, name, out)),
+        JsonDoc::Array(a) => a.iter().for_each(|c| descendants(c, name, out)),
         _ => {}
-    }
-}
-
-fn json_string(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        other => other.to_string(),
     }
 }
 
@@ -477,7 +481,7 @@ impl CompiledRule {
 enum Doc<'a> {
     /// Decoded pairs, borrowed from the text when they hold no escapes.
     Form(Vec<(Cow<'a, str>, Cow<'a, str>)>),
-    Json(Value),
+    Json(JsonDoc<'a>),
     Xml(roxmltree::Document<'a>),
 }
 
@@ -512,6 +516,7 @@ impl Doc<'_> {
                 .unwrap_or_default()
                 .to_owned(),
             (Doc::Form(_), _) => String::new(),
+            (Doc::Json(v), FieldPath::Json(p)) => p.scalar(v).unwrap_or_default(),
             _ => self.strings(path).into_iter().next().unwrap_or_default(),
         }
     }
@@ -618,10 +623,12 @@ impl CompiledRule {
                 referer_travel,
             ),
             BodyKind::Json | BodyKind::JsonInForm => {
-                let json = |t: &str| serde_json::from_str::<Value>(t.trim()).ok();
-                let v = json(&text).or_else(|| unescape_nginx(&text).and_then(|u| json(&u)));
-                match v {
-                    Some(v) => self.extract(masker, &Doc::Json(v), flight, referer_travel),
+                if let Some(doc) = JsonDoc::parse(text.trim()) {
+                    return self.extract(masker, &Doc::Json(doc), flight, referer_travel);
+                }
+                let unescaped = unescape_nginx(&text);
+                match unescaped.as_deref().and_then(|u| JsonDoc::parse(u.trim())) {
+                    Some(doc) => self.extract(masker, &Doc::Json(doc), flight, referer_travel),
                     None => Parsed::default(),
                 }
             }
@@ -738,8 +745,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn js(path: &str, v: &Value) -> Vec<String> {
-        JsonPath::parse(path).unwrap().strings(v)
+    fn js(path: &str, v: &serde_json::Value) -> Vec<String> {
+        let text = v.to_string();
+        let doc = JsonDoc::parse(&text).unwrap();
+        let p = JsonPath::parse(path).unwrap();
+        let all = p.strings(&doc);
+        // The scalar is the first of them, whichever way it is found.
+        assert_eq!(p.scalar(&doc), all.first().cloned(), "{path}");
+        all
     }
 
     #[test]

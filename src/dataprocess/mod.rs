@@ -13,6 +13,7 @@
 pub mod analyze;
 pub mod classify;
 pub mod cookie;
+pub mod json_doc;
 pub mod line_rules;
 pub mod mask;
 pub mod processed;
