@@ -135,7 +135,7 @@ impl JsonPath {
                         }
                     }
                     JsonStep::Wildcard => match v {
-                        JsonDoc::Object(m) => next.extend(m.iter().map(|(_, c)| c)),
+                        JsonDoc::Object(_) => next.extend(v.members().into_iter().map(|(_, c)| c)),
                         JsonDoc::Array(a) => next.extend(a.iter()),
                         _ => {}
                     },
@@ -178,8 +178,8 @@ impl JsonPath {
 
 fn descendants<'d, 'v>(v: &'d JsonDoc<'v>, name: &str, out: &mut Vec<&'d JsonDoc<'v>>) {
     match v {
-        JsonDoc::Object(m) => {
-            for (k, c) in m {
+        JsonDoc::Object(_) => {
+            for (k, c) in v.members() {
                 if k == name {
                     out.push(c);
                 }

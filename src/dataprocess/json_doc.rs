@@ -3,8 +3,9 @@
 //!
 //! Every query body is parsed to read a handful of fields. `serde_json::Value` allocates
 //! each key, each string and a map per object; this tree allocates only its lists (and the
-//! strings that had escapes). Objects behave as `serde_json::Map` (sorted by key, the last
-//! of duplicate keys wins), so a path selects the same values in the same order.
+//! strings that had escapes). Objects read as `serde_json::Map` (sorted by key, the last of
+//! duplicate keys wins), so a path selects the same values in the same order; they are kept
+//! in text order and sorted only for the paths that list members (`*`, `..`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -19,7 +20,7 @@ pub enum JsonDoc<'a> {
     Number(Number),
     String(Cow<'a, str>),
     Array(Vec<JsonDoc<'a>>),
-    /// Members sorted by key, one per key (the last one in the text).
+    /// Members in text order, duplicates included (see [`JsonDoc::members`]).
     Object(Vec<(Cow<'a, str>, JsonDoc<'a>)>),
 }
 
@@ -29,15 +30,32 @@ impl<'a> JsonDoc<'a> {
         serde_json::from_str(text).ok()
     }
 
-    /// The member `key` of an object.
+    /// The member `key` of an object (the last one of that name).
     pub fn get(&self, key: &str) -> Option<&JsonDoc<'a>> {
         match self {
-            JsonDoc::Object(members) => members
-                .binary_search_by(|(k, _)| (**k).cmp(key))
-                .ok()
-                .map(|i| &members[i].1),
+            JsonDoc::Object(members) => members.iter().rev().find(|(k, _)| k == key).map(|m| &m.1),
             _ => None,
         }
+    }
+
+    /// The members of an object as serde_json's map has them: sorted by key, the last of
+    /// duplicate keys kept. Empty for anything else.
+    pub fn members(&self) -> Vec<(&str, &JsonDoc<'a>)> {
+        let JsonDoc::Object(members) = self else {
+            return Vec::new();
+        };
+        let mut sorted: Vec<(&str, &JsonDoc<'a>)> =
+            members.iter().map(|(k, v)| (&**k, v)).collect();
+        // Stable: among equal keys the last one in the text comes last, and is kept.
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out: Vec<(&str, &JsonDoc<'a>)> = Vec::with_capacity(sorted.len());
+        for (k, v) in sorted {
+            match out.last_mut() {
+                Some(last) if last.0 == k => last.1 = v,
+                _ => out.push((k, v)),
+            }
+        }
+        out
     }
 
     /// The value as an analyze field: a string as it is, null as empty, anything else as
@@ -59,6 +77,7 @@ impl<'a> JsonDoc<'a> {
             JsonDoc::Number(n) => Value::Number(n.clone()),
             JsonDoc::String(s) => Value::String(s.to_string()),
             JsonDoc::Array(a) => Value::Array(a.iter().map(JsonDoc::to_value).collect()),
+            // Inserted in text order: the last of duplicate keys wins, as when parsed.
             JsonDoc::Object(m) => Value::Object(
                 m.iter()
                     .map(|(k, v)| (k.to_string(), v.to_value()))
@@ -144,17 +163,7 @@ impl<'de> Visitor<'de> for DocVisitor {
         while let Some((Text(k), v)) = map.next_entry::<Text<'de>, JsonDoc<'de>>()? {
             members.push((k, v));
         }
-        // As serde_json::Map: sorted by key, the last of duplicates kept (the sort is stable,
-        // so among equal keys the last one in the text comes last).
-        members.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut sorted: Vec<(Cow<'de, str>, JsonDoc<'de>)> = Vec::with_capacity(members.len());
-        for (k, v) in members {
-            match sorted.last_mut() {
-                Some(last) if last.0 == k => last.1 = v,
-                _ => sorted.push((k, v)),
-            }
-        }
-        Ok(JsonDoc::Object(sorted))
+        Ok(JsonDoc::Object(members))
     }
 }
 
@@ -195,6 +204,16 @@ mod tests {
             let value: Value = serde_json::from_str(&text).unwrap();
             let doc = JsonDoc::parse(&text).unwrap();
             prop_assert_eq!(doc.to_value(), value.clone());
+            if let Value::Object(m) = &value {
+                let members: Vec<(String, Value)> =
+                    doc.members().iter().map(|(k, v)| (k.to_string(), v.to_value())).collect();
+                let expected: Vec<(String, Value)> =
+                    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                prop_assert_eq!(members, expected);
+                for (k, v) in m {
+                    prop_assert_eq!(doc.get(k).map(JsonDoc::to_value), Some(v.clone()));
+                }
+            }
             let expected = match &value {
                 Value::String(s) => s.clone(),
                 Value::Null => String::new(),
