@@ -81,12 +81,13 @@ pub fn critical_events<'s>(
         .join_core(thresholds, |_p, h, list| {
             Some((*h, list.iter().copied().collect::<Thresholds>()))
         });
+    // Time first: the events of one request line are told apart by it in one comparison.
     let events_by_request = arranged_here(
-        events.map(|e| (e.request_hash, (e.ip, e.t_ms, e.cookie_hash))),
+        events.map(|e| (e.request_hash, (e.t_ms, e.ip, e.cookie_hash))),
         "Arrange: Events by request line (here)",
     );
     let critical = broadcast_arranged(critical, "Arrange: Critical request lines (every worker)");
-    events_by_request.join_core(critical, |_h, &(ip, t, cookie), thresholds| {
+    events_by_request.join_core(critical, |_h, &(t, ip, cookie), thresholds| {
         Some((ip, t, cookie, thresholds.clone()))
     })
 }
