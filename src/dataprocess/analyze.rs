@@ -25,11 +25,11 @@
 
 use std::borrow::Cow;
 
-use super::json_doc::JsonDoc;
 use anyhow::anyhow;
 use regex::Regex;
 
 use super::classify::compile_full;
+use super::json_doc::JsonDoc;
 use super::mask::Masker;
 use crate::event::{BehaviorType, BookRequestData, FlightType, QueryRequestData, TravelType};
 use crate::rules::tables::{AnalyzeRule, BodyKind};
