@@ -39,10 +39,13 @@ import json, re, sys
 s = json.load(open(sys.argv[1]))
 t = open(sys.argv[2]).read()
 rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
+# CPU seconds vary less than the wall time on a shared machine: compare builds with both.
+cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", t).group(1)) for k in ("User", "System"))
 c = s["counters"]
 print(f"lines={sys.argv[3]} minutes={sys.argv[4]} format={sys.argv[5]} workers={sys.argv[6]} "
       f"elapsed={s['elapsed_secs']:.1f}s lines/s={s['lines_per_sec']:.0f} "
-      f"windowed={c['windowed']} blacklisted_ips={s['ips_blacklisted']} peak_rss={rss/1024:.0f}MiB")
+      f"windowed={c['windowed']} blacklisted_ips={s['ips_blacklisted']} peak_rss={rss/1024:.0f}MiB "
+      f"cpu={cpu:.1f}s")
 PY
   "$BIN" parse "$LOG" --format "$FORMAT" -w "$w" --json > "$DATA/floor-$w.json"
   "$BIN" parse "$LOG" --format "$FORMAT" -w "$w" --process --json > "$DATA/floor-process-$w.json" 2>/dev/null
