@@ -547,18 +547,14 @@ fn decode_form_component(s: &str) -> Cow<'_, str> {
     if !b.iter().any(|c| matches!(c, b'+' | b'%')) {
         return Cow::Borrowed(s);
     }
-    let hex = |c: u8| (c as char).to_digit(16);
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                if let (Some(h), Some(l)) = (
-                    b.get(i + 1).and_then(|c| hex(*c)),
-                    b.get(i + 2).and_then(|c| hex(*c)),
-                ) {
-                    out.push((h * 16 + l) as u8);
+                if let Some(byte) = hex_byte(b, i + 1) {
+                    out.push(byte);
                     i += 3;
                     continue;
                 }
@@ -574,6 +570,12 @@ fn decode_form_component(s: &str) -> Cow<'_, str> {
     })
 }
 
+/// The byte written as two hex digits at `b[at..at + 2]`, if they are there.
+fn hex_byte(b: &[u8], at: usize) -> Option<u8> {
+    let digit = |i: usize| b.get(i).and_then(|c| (*c as char).to_digit(16));
+    Some((digit(at)? * 16 + digit(at + 1)?) as u8)
+}
+
 /// Undoes nginx's `\xHH` escaping of logged bodies; `None` when there is none.
 fn unescape_nginx(s: &str) -> Option<String> {
     if !s.contains("\\x") {
@@ -583,16 +585,12 @@ fn unescape_nginx(s: &str) -> Option<String> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1] == b'x'
-            && b[i + 2].is_ascii_hexdigit()
-            && b[i + 3].is_ascii_hexdigit()
-        {
-            let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-            out.push(hex(b[i + 2]) << 4 | hex(b[i + 3]));
-            i += 4;
-            continue;
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') {
+            if let Some(byte) = hex_byte(b, i + 2) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
         }
         out.push(b[i]);
         i += 1;
