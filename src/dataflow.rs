@@ -40,7 +40,7 @@ pub type DecisionRow = ((String, IpAddr), Decision);
 /// Updates captured from the dataflow, drained by the driver once the probe has passed them.
 pub type Captured<D> = Rc<RefCell<Vec<(D, Time, isize)>>>;
 
-type IndicatorTrace = TraceAgent<crate::rulecompute::IndicatorSpine>;
+type GatherTrace = TraceAgent<crate::rulecompute::GatherSpine>;
 type BlockTrace = TraceAgent<crate::rulecompute::BlockCountSpine>;
 
 /// The rule tables that rulecompute and scoring read, as input collections.
@@ -118,7 +118,7 @@ pub struct Pipeline {
     drained_below: Time,
     /// Service anomalies (SPEC §6): sample parts and model keys in, see `anomaly::wire`.
     pub service: crate::anomaly::wire::ServiceInputs,
-    indicators: IndicatorTrace,
+    gathered: GatherTrace,
     block_counts: BlockTrace,
     dataflow_id: usize,
 }
@@ -148,9 +148,9 @@ impl Pipeline {
             .time()
             .saturating_sub(1)
             .min(self.drained_below.saturating_sub(1))];
-        self.indicators
+        self.gathered
             .set_logical_compaction(AntichainRef::new(&frontier));
-        self.indicators
+        self.gathered
             .set_physical_compaction(AntichainRef::new(&frontier));
         self.block_counts
             .set_logical_compaction(AntichainRef::new(&frontier));
@@ -180,10 +180,7 @@ impl Pipeline {
     pub fn indicators_at(&mut self, t: Time) -> Vec<(IpAddr, Indicators)> {
         let blocks: std::collections::HashMap<_, _> =
             live_at(&mut self.block_counts, t).into_iter().collect();
-        let mut out: Vec<(IpAddr, Indicators)> = live_at(&mut self.indicators, t)
-            .into_iter()
-            .map(|(_partition, ip_indicators)| ip_indicators)
-            .collect();
+        let mut out = gathered_at(&mut self.gathered, None, t);
         for (ip, ind) in &mut out {
             // Every worker holds every block's count (see `rulecompute::arrange_everywhere`).
             ind.ip_block = blocks
@@ -241,7 +238,10 @@ impl Pipeline {
     /// on the worker that holds the IP (where its decisions are captured), for a `t` not
     /// yet compacted away.
     pub fn explain(&mut self, ip: IpAddr, t: Time) -> Indicators {
-        let mut ind = indicators_of(&mut self.indicators, ip, t).unwrap_or_default();
+        let mut ind = gathered_at(&mut self.gathered, Some(ip), t)
+            .pop()
+            .map(|(_, ind)| ind)
+            .unwrap_or_default();
         ind.ip_block = value_at(
             &mut self.block_counts,
             &crate::rulecompute::block_of(&ip),
@@ -315,27 +315,28 @@ where
     found
 }
 
-/// The indicators of `ip` present at time `t`, from the trace arranged by block partition: a
-/// seek to the IP among its partition's values (sorted by IP, then indicators), not a scan.
-///
-/// One batch at a time: a cursor over several batches would seek the value also in the
-/// batches that do not hold the key, which differential 0.26 does not allow.
-fn indicators_of(trace: &mut IndicatorTrace, ip: IpAddr, t: Time) -> Option<Indicators> {
-    let partition = crate::rulecompute::block_partition(&crate::rulecompute::block_of(&ip));
-    let batches = trace.spans_through(Antichain::new().borrow())?;
-    let mut counts: Vec<(Indicators, isize)> = Vec::new();
-    for batch in batches.into_iter().filter_map(|b| b.inner) {
-        let (mut cursor, storage) = cursor_list(vec![batch]);
-        cursor.seek_key(&storage, &partition);
-        if cursor.get_key(&storage) != Some(&partition) {
+/// The indicators at time `t` of `ip` (or of every IP), folded from their parts in the gather
+/// arrangement as scoring folds them.
+fn gathered_at(trace: &mut GatherTrace, ip: Option<IpAddr>, t: Time) -> Vec<(IpAddr, Indicators)> {
+    let mut out = Vec::new();
+    let Some(batches) = trace.spans_through(Antichain::new().borrow()) else {
+        return out;
+    };
+    let (mut cursor, storage) = cursor_list(batches.into_iter().filter_map(|b| b.inner).collect());
+    if let Some(ip) = ip {
+        cursor.seek_key(&storage, &rulecompute::GatherKey::Ip(ip));
+    }
+    let mut parts: Vec<(&rulecompute::Part, isize)> = Vec::new();
+    while let Some(key) = cursor.get_key(&storage) {
+        let rulecompute::GatherKey::Ip(at_ip) = *key else {
+            cursor.step_key(&storage);
             continue;
+        };
+        if ip.is_some_and(|ip| ip != at_ip) {
+            break;
         }
-        // Every record counts at least one request, so the default one sorts before the IP's.
-        cursor.seek_val(&storage, &(ip, Indicators::default()));
-        while let Some((at_ip, ind)) = cursor.get_val(&storage) {
-            if *at_ip != ip {
-                break;
-            }
+        parts.clear();
+        while let Some(part) = cursor.get_val(&storage) {
             let mut n = 0isize;
             cursor.map_times(&storage, |tt, r| {
                 if *tt <= t {
@@ -343,13 +344,16 @@ fn indicators_of(trace: &mut IndicatorTrace, ip: IpAddr, t: Time) -> Option<Indi
                 }
             });
             if n != 0 {
-                counts.push((ind.clone(), n));
+                parts.push((part, n));
             }
             cursor.step_val(&storage);
         }
+        if let Some(ind) = rulecompute::fold_parts(parts.iter().copied()) {
+            out.push((at_ip, ind));
+        }
+        cursor.step_key(&storage);
     }
-    differential_dataflow::consolidation::consolidate(&mut counts);
-    counts.into_iter().find(|(_, n)| *n > 0).map(|(ind, _)| ind)
+    out
 }
 
 /// Builds the dataflow on this worker (with service anomalies fed by nobody).
@@ -385,17 +389,19 @@ pub fn build_with(
             .distinct_total();
         let critical_rules = critical_pages.map(|c| (c.id, c.critical_page_match_expression));
 
-        let (indicators, per_block) =
-            rulecompute::indicators(events, critical_rules, thresholds, spec);
+        let (parts, per_block) = rulecompute::indicators(events, critical_rules, thresholds, spec);
+        // One sorted list, for the gather (rule hits are bits into it) and the scoring.
+        let rule_list = rulecompute::one_list(flow_rules.clone(), "FlowRuleList");
+        let gathered = rulecompute::gather(parts, rule_list.clone());
         let block_counts = rulecompute::arrange_everywhere(per_block.clone());
         let block_levels =
             rulecompute::block_levels(per_block, scoring::block_thresholds(flow_rules.clone()));
-        let indicator_trace = indicators.trace.clone();
+        let gather_trace = gathered.trace.clone();
         let block_trace = block_counts.trace.clone();
 
         let decision_capture: Captured<DecisionRow> = Rc::new(RefCell::new(Vec::new()));
         let sink = decision_capture.clone();
-        let (probe, _) = scoring::blacklist(indicators, flow_rules, block_levels)
+        let (probe, _) = scoring::blacklist(gathered, rule_list, block_levels)
             .inner
             // To the worker that holds the IP's indicators, which explain the decision.
             .exchange(|(((_, ip), _), _, _): &(DecisionRow, Time, isize)| ip.hashed())
@@ -433,7 +439,7 @@ pub fn build_with(
                 service.captures,
                 service.store,
             ),
-            indicators: indicator_trace,
+            gathered: gather_trace,
             block_counts: block_trace,
             dataflow_id,
         }

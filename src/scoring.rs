@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::rulecompute::{
-    block_of, block_partition, broadcast_arranged, one_list, reduce_total, Block, Coll, Indicators,
-    IndicatorsByPartition, INDICATOR_NAMES, PARTITIONS,
+    arranged_here, block_of, block_partition, broadcast_arranged, fold_parts, reduce_total, Block,
+    Coll, GatherKey, Gathered, Indicators, Part, INDICATOR_NAMES, PARTITIONS,
 };
 use crate::rules::{OrdF64, ProcessInfo, Rule, RuleMaintenance, Strategy};
 
@@ -159,9 +159,24 @@ pub struct Decision {
 /// The decisions for one IP: every flow of `rules` (sorted, so grouped by flow) whose score
 /// over the rules its indicators hit is above the flow's threshold.
 pub fn decide(ind: &Indicators, rules: &[FlowRule]) -> Vec<(String, Decision)> {
+    decide_by(rules, |_, rule| rule.hits(ind))
+}
+
+/// [`decide`] with `hit(index, rule)` telling whether the rule at that index of `rules` hits.
+fn decide_by(
+    rules: &[FlowRule],
+    mut hit: impl FnMut(usize, &FlowRule) -> bool,
+) -> Vec<(String, Decision)> {
     let mut out = Vec::new();
+    let mut start = 0;
     for flow in rules.chunk_by(|a, b| a.flow_id == b.flow_id) {
-        let hits: Vec<&FlowRule> = flow.iter().filter(|r| r.hits(ind)).collect();
+        let hits: Vec<&FlowRule> = flow
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| hit(start + i, r))
+            .map(|(_, r)| r)
+            .collect();
+        start += flow.len();
         let Some(first) = hits.first() else { continue };
         let scored: Vec<(i32, bool)> = hits.iter().map(|r| (r.score, r.enabled)).collect();
         let score = flow_score(&scored, first.n_rules);
@@ -182,6 +197,58 @@ pub fn decide(ind: &Indicators, rules: &[FlowRule]) -> Vec<(String, Decision)> {
     out
 }
 
+/// Which rules of a rule list an IP's indicators hit, as a bit per rule (bit `i` for the
+/// `i`-th rule), leaving out the `ipBlock` rules: indicator 7 belongs to the IP's /16 and is
+/// compared in [`ScoringContext::decide`]. Most IPs hit nothing, and an IP's hits change far
+/// less often than its indicators, which change with each of its requests.
+pub type RuleHits = smallvec::SmallVec<[u64; 1]>;
+
+/// The [`RuleHits`] of `ind` under `rules`.
+pub fn rule_hits(rules: &[FlowRule], ind: &Indicators) -> RuleHits {
+    let mut hits = RuleHits::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if rule.kind != Some(7) && rule.hits(ind) {
+            if hits.len() <= i / 64 {
+                hits.resize(i / 64 + 1, 0);
+            }
+            hits[i / 64] |= 1 << (i % 64);
+        }
+    }
+    hits
+}
+
+/// Whether bit `i` of `hits` is set.
+fn is_hit(hits: &RuleHits, i: usize) -> bool {
+    hits.get(i / 64)
+        .is_some_and(|word| word & (1 << (i % 64)) != 0)
+}
+
+/// The [`RuleHits`] of every IP in the window, on the worker that gathered it: each IP's
+/// parts are folded into its [`Indicators`] each time they change, and compared with the flow
+/// rules (the gather's [`GatherKey::Rules`] value) at once; a rule change compares every IP
+/// again. The result changes only when the IP enters or leaves the window or its hits change,
+/// so the arrangement and the join of scoring see a few updates per IP, not one per request.
+pub fn rule_hits_per_ip<'s>(gathered: Gathered<'s>) -> Coll<'s, (IpAddr, RuleHits)> {
+    reduce_total(
+        gathered,
+        "GatherIndicators",
+        Some(GatherKey::Rules),
+        |_key, input, side| {
+            let Some(Part::FlowRules(rules)) = side else {
+                return None;
+            };
+            let ind = fold_parts(input.iter().map(|&(part, count)| (part, count)))?;
+            // An IP in the window is scored even when it hits nothing: its /16 may.
+            Some(rule_hits(rules, &ind))
+        },
+    )
+    // The side key (the rules) has no result of its own.
+    .flat_map(|(key, hits)| match key {
+        GatherKey::Ip(ip) => Some((ip, hits)),
+        GatherKey::Rules => None,
+    })
+}
+
 /// What scores the IPs of one partition: the flow rules, and the level (indicator 7 as
 /// scoring sees it, see `rulecompute::block_levels`) of the partition's blocks whose level is
 /// above 0, sorted by block.
@@ -192,16 +259,25 @@ pub struct ScoringContext {
 }
 
 impl ScoringContext {
-    /// The decisions for `ip` with these indicators (indicator 7 from `busy_blocks`).
-    pub fn decide(&self, ip: &IpAddr, ind: &Indicators) -> Vec<(String, Decision)> {
+    /// The decisions for `ip` with these rule hits (from [`rule_hits`] under `self.rules`),
+    /// and the `ipBlock` rules compared with the level of its /16 from `busy_blocks`.
+    pub fn decide(&self, ip: &IpAddr, hits: &RuleHits) -> Vec<(String, Decision)> {
         let block = block_of(ip);
         let level = self
             .busy_blocks
             .binary_search_by_key(&block, |(b, _)| *b)
             .map_or(0, |i| self.busy_blocks[i].1);
-        let mut ind = ind.clone();
-        ind.ip_block = level;
-        decide(&ind, &self.rules)
+        let block_ind = Indicators {
+            ip_block: level,
+            ..Indicators::default()
+        };
+        decide_by(&self.rules, |i, rule| {
+            if rule.kind == Some(7) {
+                rule.hits(&block_ind)
+            } else {
+                is_hit(hits, i)
+            }
+        })
     }
 }
 
@@ -216,16 +292,16 @@ enum ContextPart {
 /// change rebuilds every partition's context; a block crossing an `ipBlock` threshold
 /// rebuilds only its partition's.
 fn scoring_contexts<'s>(
-    flow_rules: Coll<'s, FlowRule>,
+    rule_list: Coll<'s, Vec<FlowRule>>,
     block_levels: Coll<'s, (Block, i64)>,
 ) -> Coll<'s, (u64, ScoringContext)> {
-    let parts = one_list(flow_rules, "FlowRuleList")
+    let parts = rule_list
         .flat_map(|list| (0..PARTITIONS).map(move |p| (p, ContextPart::Rules(list.clone()))))
         .concat(
             block_levels.map(|(b, level)| (block_partition(&b), ContextPart::BusyBlock(b, level))),
         )
         .arrange_by_key_named("Arrange: ScoringContext parts");
-    reduce_total(parts, "ScoringContext", |_p, input| {
+    reduce_total(parts, "ScoringContext", None, |_p, input, _| {
         let mut rules = None;
         let mut busy_blocks = Vec::new();
         for &(part, _) in input {
@@ -240,29 +316,33 @@ fn scoring_contexts<'s>(
 
 /// The blacklist: (flow id, IP) → decision, for every IP whose flow score is above threshold.
 ///
-/// Each changed indicator record is scored in the join itself against its block partition's
-/// [`ScoringContext`] (the flow rules, and the levels of the busy /16 blocks). Most IPs hit
-/// nothing, so almost nothing leaves the join; a rule change re-scores every IP in the window
-/// at once, and a block crossing an `ipBlock` threshold re-scores the IPs of its partition.
-/// The output is not consolidated: a blacklisted IP whose indicators change emits its
-/// decision's retraction and re-insertion at that tick (the reader consolidates).
+/// `rule_list` is the flow rules as one sorted list, the one `gathered` holds: the IPs' hits
+/// ([`rule_hits_per_ip`]) are bits into it. Each changed hit record is scored in the join
+/// itself against its block partition's [`ScoringContext`] (the flow rules, and the levels of
+/// the busy /16 blocks). Most IPs hit nothing, so almost nothing leaves the join; a rule
+/// change re-scores every IP in the window at once, and a block crossing an `ipBlock`
+/// threshold re-scores the IPs of its partition.
 ///
-/// The indicators are scored on the worker that gathered them (`rulecompute::gather` leaves
-/// them there, arranged by partition), against contexts that every worker holds: a busy /16 sends
-/// its IPs to no single worker, and no indicator record crosses workers to be scored.
+/// The hits are scored on the worker that gathered them, against contexts that every worker
+/// holds: a busy /16 sends its IPs to no single worker, and no record crosses workers to be
+/// scored.
 pub fn blacklist<'s>(
-    indicators: IndicatorsByPartition<'s>,
-    flow_rules: Coll<'s, FlowRule>,
+    gathered: Gathered<'s>,
+    rule_list: Coll<'s, Vec<FlowRule>>,
     block_levels: Coll<'s, (Block, i64)>,
 ) -> Coll<'s, ((String, IpAddr), Decision)> {
     let contexts = broadcast_arranged(
-        scoring_contexts(flow_rules, block_levels),
+        scoring_contexts(rule_list, block_levels),
         "Arrange: ScoringContext (every worker)",
     );
-    indicators.join_core(contexts, |_p, (ip, ind), context| {
+    let hits = arranged_here(
+        rule_hits_per_ip(gathered).map(|(ip, hits)| (block_partition(&block_of(&ip)), (ip, hits))),
+        "Arrange: Rule hits by partition",
+    );
+    hits.join_core(contexts, |_p, (ip, hits), context| {
         let ip = *ip;
         context
-            .decide(&ip, ind)
+            .decide(&ip, hits)
             .into_iter()
             .map(move |(flow_id, decision)| ((flow_id, ip), decision))
     })
@@ -271,6 +351,63 @@ pub fn blacklist<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn flow_rule(flow: u8, i: usize, kind: usize, arg0: f64, arg1: f64, score: i32) -> FlowRule {
+        FlowRule {
+            flow_id: format!("f{flow}"),
+            flow_name: format!("flow {flow}"),
+            threshold: OrdF64(10.0),
+            n_rules: 8,
+            flow_interval_ms: 0,
+            rule_id: format!("r{i}"),
+            kind: Some(kind),
+            rule_real_name: INDICATOR_NAMES[kind].to_string(),
+            arg0: OrdF64(arg0),
+            arg1: OrdF64(arg1),
+            score,
+            enabled: !i.is_multiple_of(3),
+        }
+    }
+
+    proptest! {
+        /// Scoring an IP's rule hits with its /16's level decides as scoring its indicators.
+        #[test]
+        fn rule_hits_decide_as_the_indicators(
+            values in proptest::collection::vec(0i64..40, 8),
+            rules in proptest::collection::vec(
+                (0u8..3, 0usize..8, 0i64..40, 0i64..10, 1i32..=10), 0..70),
+            level in 0i64..40,
+        ) {
+            let ind = Indicators {
+                ip: values[0],
+                critical_pages: values[1],
+                user_agent: values[2],
+                critical_pages_acc_time: (values[3] > 5).then_some(values[3]),
+                critical_pages_less_than: [(0, values[4]), (values[7], values[4] / 2)]
+                    .into_iter()
+                    .collect(),
+                critical_cookies: values[5],
+                flight_query: values[6],
+                ip_block: level,
+            };
+            let mut rules: Vec<FlowRule> = rules
+                .into_iter()
+                .enumerate()
+                .map(|(i, (flow, kind, arg0, arg1, score))| {
+                    flow_rule(flow, i, kind, arg0 as f64 + 0.5, arg1 as f64, score)
+                })
+                .collect();
+            rules.sort();
+            let ip: IpAddr = "10.1.2.3".parse().unwrap();
+            let context = ScoringContext {
+                rules: rules.clone(),
+                busy_blocks: vec![(block_of(&ip), level)],
+            };
+            let hits = rule_hits(&rules, &Indicators { ip_block: 0, ..ind.clone() });
+            prop_assert_eq!(context.decide(&ip, &hits), decide(&ind, &rules));
+        }
+    }
 
     #[test]
     fn spec_worked_examples() {

@@ -23,7 +23,7 @@
 
 use std::net::IpAddr;
 
-use super::{Coll, CriticalEvent, LessThan, Part};
+use super::{Coll, CriticalEvent, GatherKey, LessThan, Part};
 use serde::{Deserialize, Serialize};
 
 /// Length of a time bucket of the first reduce (see the module notes).
@@ -112,7 +112,7 @@ impl std::hash::Hash for IpBucket {
 }
 
 /// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s).
-pub fn interval_parts<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr, Part)> {
+pub fn interval_parts<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (GatherKey, Part)> {
     let by_bucket = critical
         .map(|(ip, t, _, thresholds)| {
             let key = IpBucket {
@@ -122,13 +122,13 @@ pub fn interval_parts<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (IpAddr
             (key, (t, thresholds))
         })
         .arrange_by_key_named("Arrange: IntervalBuckets");
-    super::reduce_total(by_bucket, "IntervalBuckets", |key, input| {
+    super::reduce_total(by_bucket, "IntervalBuckets", None, |key, input, _| {
         // At any time every critical event carries the same thresholds.
         let thresholds = &input[0].0 .1;
         let times = input.iter().map(|&((t, _), n)| (t, n));
         summarize(key.bucket, times, thresholds)
     })
-    .map(|(key, summary)| (key.ip, Part::IntervalBucket(summary)))
+    .map(|(key, summary)| (GatherKey::Ip(key.ip), Part::IntervalBucket(summary)))
 }
 
 /// Indicators 1, 3 and 4 of one IP from its bucket summaries in time order: the number of

@@ -371,6 +371,8 @@ pub enum Part {
     CriticalCookie,
     /// 6: a distinct journey of the IP.
     FlightQuery,
+    /// The flow rules, under [`GatherKey::Rules`] only (see [`gather`]).
+    FlowRules(Vec<crate::scoring::FlowRule>),
 }
 
 /// What one shared `distinct_total` makes distinct: the values the distinct indicators count,
@@ -462,7 +464,7 @@ pub type RequestsPerBlock<'s> = Coll<'s, (Block, i64)>;
 pub fn count_indicators<'s>(
     events: Coll<'s, WinRecord>,
     critical: Coll<'s, CriticalEvent>,
-) -> (Coll<'s, (IpAddr, Part)>, RequestsPerBlock<'s>) {
+) -> (Coll<'s, (GatherKey, Part)>, RequestsPerBlock<'s>) {
     let distinct = events
         .clone()
         .flat_map(|e| {
@@ -485,14 +487,14 @@ pub fn count_indicators<'s>(
         .map(|(b, n)| (b, n as i64));
 
     let parts = events
-        .map(|e| (e.ip, Part::Request))
+        .map(|e| (GatherKey::Ip(e.ip), Part::Request))
         .concat(distinct.map(|d| {
             let part = match d.kind {
                 DistinctKind::UserAgent => Part::UserAgent,
                 DistinctKind::CriticalCookie => Part::CriticalCookie,
                 DistinctKind::Journey => Part::FlightQuery,
             };
-            (d.ip(), part)
+            (GatherKey::Ip(d.ip()), part)
         }));
     (parts, per_block)
 }
@@ -539,8 +541,7 @@ where
     K: differential_dataflow::ExchangeData,
     V: differential_dataflow::ExchangeData,
 {
-    use timely::dataflow::operators::vec::Broadcast;
-    arranged_here(updates.inner.broadcast().as_collection(), name)
+    arranged_here(broadcast_collection(updates), name)
 }
 
 /// The smallest value (≥ 0) that is above exactly the thresholds `count` is above, so that
@@ -570,60 +571,93 @@ pub fn block_levels<'s>(
         })
 }
 
-/// The trace type of the indicators, arranged by the block partition of their IP.
-pub type IndicatorSpine =
-    differential_dataflow::trace::implementations::ValSpine<u64, (IpAddr, Indicators), Time, isize>;
-/// The indicators of every IP in the window, arranged by the [`block_partition`] of the IP,
-/// on the worker that gathered them.
-pub type IndicatorsByPartition<'s> = differential_dataflow::operators::arrange::Arranged<
+/// The key of the gather arrangement: an IP's parts, or the flow rules its indicators are
+/// scored against (on every worker; see [`gather`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum GatherKey {
+    Rules,
+    Ip(IpAddr),
+}
+
+/// The trace type of the gather arrangement.
+pub type GatherSpine =
+    differential_dataflow::trace::implementations::ValSpine<GatherKey, Part, Time, isize>;
+/// Every IP's [`Part`]s in the window, by IP, on the worker of the IP, next to the flow rules.
+pub type Gathered<'s> = differential_dataflow::operators::arrange::Arranged<
     's,
-    differential_dataflow::operators::arrange::TraceAgent<IndicatorSpine>,
+    differential_dataflow::operators::arrange::TraceAgent<GatherSpine>,
 >;
 
-/// Gathers the per-indicator collections into one [`Indicators`] record per IP in the window.
+/// Gathers the per-indicator parts of each IP (keyed [`GatherKey::Ip`]) in one arrangement, with the list
+/// of flow rules (`rule_list`, one value) under [`GatherKey::Rules`] on every worker.
 ///
-/// The group of an IP holds at most 7 values plus its ≤ W/10 s + 1 interval buckets, so this
-/// reduce is cheap however hot the IP is. Folding the buckets here, not in a reduce of their
-/// own, saves a reduce and an arrangement per changed IP (the fold reads the same summaries).
-///
-/// The result is arranged once, by block partition, where it was gathered: scoring joins it
-/// with the [`crate::scoring::ScoringContext`] of its partition, and the reports (explain, the
-/// final indicators) look an IP up in its partition.
-pub fn gather<'s>(parts: Coll<'s, (IpAddr, Part)>) -> IndicatorsByPartition<'s> {
-    let arranged = parts.arrange_by_key_named("Arrange: GatherIndicators");
-    let indicators = reduce_total(arranged, "GatherIndicators", |_ip, input| {
-        let mut ind = Indicators::default();
-        let mut buckets = smallvec::SmallVec::<[&BucketSummary; 32]>::new();
-        for &(part, count) in input {
-            // The multiplicity of a unit part is its count (see `Part`).
-            let count = count as i64;
-            match part {
-                Part::Request => ind.ip = count,
-                Part::UserAgent => ind.user_agent = count,
-                Part::IntervalBucket(summary) => buckets.push(summary),
-                Part::CriticalCookie => ind.critical_cookies = count,
-                Part::FlightQuery => ind.flight_query = count,
-            }
-        }
-        if !buckets.is_empty() {
-            let (critical, min_ms, less_than) = intervals::fold_buckets(buckets.into_iter());
-            ind.critical_pages = critical;
-            ind.critical_pages_acc_time = min_ms;
-            ind.critical_pages_less_than = less_than;
-        }
-        // An IP is in the window iff it has requests; the other parts follow from those.
-        (ind.ip > 0).then_some(ind)
-    });
-    // Kept on the worker of its IP (the gather's input was exchanged by IP): scoring reads
-    // every partition's context on every worker.
+/// The group of an IP holds at most 5 unit parts plus its ≤ W/10 s + 1 interval buckets, so
+/// folding it ([`fold_parts`]) is cheap however hot the IP is. Scoring folds an IP's group
+/// each time it changes and keeps only which rules it hits (see
+/// [`crate::scoring::rule_hits_per_ip`]); the reports (explain, the final indicators) fold
+/// the group at the time they need from this arrangement's trace.
+pub fn gather<'s>(
+    parts: Coll<'s, (GatherKey, Part)>,
+    rule_list: Coll<'s, Vec<crate::scoring::FlowRule>>,
+) -> Gathered<'s> {
+    use differential_dataflow::hashable::Hashable;
+    use timely::dataflow::operators::Exchange;
+    // By the hash of the IP, as differential's `arrange_by_key` of `(IpAddr, _)` would: the
+    // distinct values and interval buckets of an IP were made on that worker already, and
+    // the decisions are sent there to be explained.
+    let by_ip = parts
+        .inner
+        .exchange(
+            |((key, _), _, _): &((GatherKey, Part), Time, isize)| match key {
+                GatherKey::Ip(ip) => ip.hashed(),
+                GatherKey::Rules => 0,
+            },
+        )
+        .as_collection();
+    let rules = rule_list.map(|list| (GatherKey::Rules, Part::FlowRules(list)));
     arranged_here(
-        indicators.map(|(ip, ind)| (block_partition(&block_of(&ip)), (ip, ind))),
-        "Arrange: Indicators by partition",
+        by_ip.concat(broadcast_collection(rules)),
+        "Arrange: GatherIndicators",
     )
 }
 
-/// The indicators of every IP in the window (all but 7, see [`gather`]), and the requests
-/// per /16 block (indicator 7).
+/// A small collection on every worker (each holds all of it).
+pub fn broadcast_collection<'s, D: differential_dataflow::ExchangeData>(
+    rows: Coll<'s, D>,
+) -> Coll<'s, D> {
+    use timely::dataflow::operators::vec::Broadcast;
+    rows.inner.broadcast().as_collection()
+}
+
+/// The [`Indicators`] of an IP from its parts with their multiplicities (`None` when the IP
+/// has no request in the window: it is not in the window).
+pub fn fold_parts<'a>(input: impl IntoIterator<Item = (&'a Part, isize)>) -> Option<Indicators> {
+    let mut ind = Indicators::default();
+    let mut buckets = smallvec::SmallVec::<[&BucketSummary; 32]>::new();
+    for (part, count) in input {
+        // The multiplicity of a unit part is its count (see `Part`).
+        let count = count as i64;
+        match part {
+            Part::Request => ind.ip = count,
+            Part::UserAgent => ind.user_agent = count,
+            Part::IntervalBucket(summary) => buckets.push(summary),
+            Part::CriticalCookie => ind.critical_cookies = count,
+            Part::FlightQuery => ind.flight_query = count,
+            Part::FlowRules(_) => {}
+        }
+    }
+    if !buckets.is_empty() {
+        let (critical, min_ms, less_than) = intervals::fold_buckets(buckets.into_iter());
+        ind.critical_pages = critical;
+        ind.critical_pages_acc_time = min_ms;
+        ind.critical_pages_less_than = less_than;
+    }
+    // An IP is in the window iff it has requests; the other parts follow from those.
+    (ind.ip > 0).then_some(ind)
+}
+
+/// The indicators of every IP in the window (all but 7) as [`Part`]s for [`gather`], and
+/// the requests per /16 block (indicator 7).
 ///
 /// * `events`: processed requests at their tick (not yet windowed);
 /// * `critical_rules`: `(rule id, regex)` rows of `nh_query_critical_pages`;
@@ -633,7 +667,7 @@ pub fn indicators<'s>(
     critical_rules: Coll<'s, (i64, String)>,
     interval_thresholds: Coll<'s, i64>,
     spec: WindowSpec,
-) -> (IndicatorsByPartition<'s>, RequestsPerBlock<'s>) {
+) -> (Coll<'s, (GatherKey, Part)>, RequestsPerBlock<'s>) {
     let request_lines = window(events.clone().map(|e| (e.request_hash, e.request)), spec);
     let events = window(events.map(|e| WinRecord::from(&e)), spec);
     let critical = critical_events(
@@ -644,8 +678,7 @@ pub fn indicators<'s>(
     );
 
     let (counts, per_block) = count_indicators(events, critical.clone());
-    let parts = counts.concat(interval_parts(critical));
-    (gather(parts), per_block)
+    (counts.concat(interval_parts(critical)), per_block)
 }
 
 #[cfg(test)]

@@ -21,22 +21,31 @@ use timely::progress::Timestamp;
 
 use super::{ArrangedByKey, Coll, Time};
 
-/// For every key and every time its input changes, `logic(key, input)` over the key's values
-/// with their (non-zero) multiplicities, sorted by value; the output holds the result while it
-/// is `Some`. `logic` is never called with an empty input (an absent key has no output).
+/// For every key and every time its input changes, `logic(key, input, side)` over the key's
+/// values with their (non-zero) multiplicities, sorted by value; the output holds the result
+/// while it is `Some`. `logic` is never called with an empty input (an absent key has no
+/// output).
+///
+/// `side`, if given, is a key whose value every other key's result depends on (a rule list,
+/// on every worker): `logic` gets its value at that time (`None` while it has none), and it
+/// has no output of its own. A change of the side value re-evaluates every key at its time,
+/// in the same pass as the keys' own changes; at any other time only the changed keys are
+/// read. So a result that depends on the rules (which rules an IP's indicators hit) changes
+/// only when it really changes, and a rule edit applies at once to everything arranged.
 ///
 /// The arrangement's trace must be read by this operator only: it compacts the trace up to
 /// what it has processed.
 pub fn reduce_total<'s, K, V, O, L>(
     arranged: ArrangedByKey<'s, K, V>,
     name: &str,
+    side: Option<K>,
     mut logic: L,
 ) -> Coll<'s, (K, O)>
 where
     K: ExchangeData,
     V: ExchangeData,
     O: ExchangeData,
-    L: FnMut(&K, &[(&V, isize)]) -> Option<O> + 'static,
+    L: FnMut(&K, &[(&V, isize)], Option<&V>) -> Option<O> + 'static,
 {
     let mut trace = arranged.trace.clone();
     arranged
@@ -70,57 +79,98 @@ where
                             .batches_through(lower.borrow())
                             .expect("the trace is compacted only up to what was processed"),
                     );
-                    let mut state: Vec<(&V, isize)> = Vec::new();
-                    let mut batch_vals: Vec<&V> = Vec::new();
-                    while let Some(key) = batch_cursor.get_key(&batch_storage) {
-                        // The key's input before this batch (every time in the trace is
-                        // before `lower`), sorted by value as the cursor yields them.
-                        state.clear();
-                        trace_cursor.seek_key(&trace_storage, key);
-                        if trace_cursor.get_key(&trace_storage) == Some(key) {
-                            while let Some(val) = trace_cursor.get_val(&trace_storage) {
-                                let mut n = 0isize;
-                                trace_cursor.map_times(&trace_storage, |_, r| n += *r);
-                                if n != 0 {
-                                    state.push((val, n));
-                                }
-                                trace_cursor.step_val(&trace_storage);
-                            }
-                        }
-                        // The batch's updates of the key, in time order (by value within a
-                        // time, as the sort is stable).
-                        changes.clear();
-                        batch_vals.clear();
-                        while let Some(val) = batch_cursor.get_val(&batch_storage) {
-                            let i = batch_vals.len();
-                            batch_vals.push(val);
-                            batch_cursor
-                                .map_times(&batch_storage, |t, r| changes.push((*t, i, *r)));
-                            batch_cursor.step_val(&batch_storage);
-                        }
-                        changes.sort_by_key(|(t, _, _)| *t);
-
-                        let mut before = (!state.is_empty()).then(|| logic(key, &state)).flatten();
+                    // The side value before this batch and at each time the batch changes it.
+                    let mut side_state: Vec<(&V, isize)> = Vec::new();
+                    let mut side_times: Vec<(Time, Option<&V>)> = Vec::new();
+                    let mut side_before = None;
+                    if let Some(side) = side.as_ref() {
+                        read_input(&mut trace_cursor, &trace_storage, side, &mut side_state);
+                        side_before = side_value(&side_state);
+                        let side_vals =
+                            batch_changes(&mut batch_cursor, &batch_storage, side, &mut changes);
                         let mut at = 0;
                         while at < changes.len() {
                             let t = changes[at].0;
                             while at < changes.len() && changes[at].0 == t {
                                 let (_, i, r) = changes[at];
-                                apply(&mut state, batch_vals[i], r);
+                                apply(&mut side_state, side_vals[i], r);
                                 at += 1;
                             }
-                            let after = (!state.is_empty()).then(|| logic(key, &state)).flatten();
-                            if after != before {
-                                if let Some(old) = before.take() {
-                                    session.give(((key.clone(), old), t, -1));
+                            side_times.push((t, side_value(&side_state)));
+                        }
+                        // Every key replays the side changes from the start of the batch.
+                        batch_cursor.rewind_keys(&batch_storage);
+                        trace_cursor.rewind_keys(&trace_storage);
+                    }
+                    // A changed side value re-evaluates every key of the trace too.
+                    let every_key = !side_times.is_empty();
+                    let mut state: Vec<(&V, isize)> = Vec::new();
+                    loop {
+                        let batch_key = batch_cursor.get_key(&batch_storage);
+                        let trace_key = if every_key {
+                            trace_cursor.get_key(&trace_storage)
+                        } else {
+                            None
+                        };
+                        let key = match (batch_key, trace_key) {
+                            (Some(b), Some(t)) => b.min(t),
+                            (Some(k), None) | (None, Some(k)) => k,
+                            (None, None) => break,
+                        };
+                        let in_batch = batch_key == Some(key);
+                        if side.as_ref() != Some(key) {
+                            // The key's input before this batch (every time in the trace is
+                            // before `lower`), sorted by value as the cursor yields them.
+                            read_input(&mut trace_cursor, &trace_storage, key, &mut state);
+                            let batch_vals = if in_batch {
+                                batch_changes(&mut batch_cursor, &batch_storage, key, &mut changes)
+                            } else {
+                                changes.clear();
+                                Vec::new()
+                            };
+                            let eval = |state: &[(&V, isize)], side, logic: &mut L| {
+                                (!state.is_empty())
+                                    .then(|| logic(key, state, side))
+                                    .flatten()
+                            };
+                            let mut side_now = side_before;
+                            let mut before = eval(&state, side_now, &mut logic);
+                            let (mut at, mut side_at) = (0, 0);
+                            loop {
+                                // The next time the key's input or the side value changes.
+                                let t = match (changes.get(at), side_times.get(side_at)) {
+                                    (Some(c), Some(s)) => c.0.min(s.0),
+                                    (Some(c), None) => c.0,
+                                    (None, Some(s)) => s.0,
+                                    (None, None) => break,
+                                };
+                                while at < changes.len() && changes[at].0 == t {
+                                    let (_, i, r) = changes[at];
+                                    apply(&mut state, batch_vals[i], r);
+                                    at += 1;
                                 }
-                                if let Some(new) = after.as_ref() {
-                                    session.give(((key.clone(), new.clone()), t, 1));
+                                if side_at < side_times.len() && side_times[side_at].0 == t {
+                                    side_now = side_times[side_at].1;
+                                    side_at += 1;
                                 }
-                                before = after;
+                                let after = eval(&state, side_now, &mut logic);
+                                if after != before {
+                                    if let Some(old) = before.take() {
+                                        session.give(((key.clone(), old), t, -1));
+                                    }
+                                    if let Some(new) = after.as_ref() {
+                                        session.give(((key.clone(), new.clone()), t, 1));
+                                    }
+                                    before = after;
+                                }
                             }
                         }
-                        batch_cursor.step_key(&batch_storage);
+                        if in_batch {
+                            batch_cursor.step_key(&batch_storage);
+                        }
+                        if every_key && trace_cursor.get_key(&trace_storage) == Some(key) {
+                            trace_cursor.step_key(&trace_storage);
+                        }
                     }
                 }
                 // Nothing before `upper` will be read again: let the trace compact it.
@@ -130,6 +180,62 @@ where
             }
         })
         .as_collection()
+}
+
+/// The accumulated input of `key` in a trace cursor (empty when it has none), by value.
+fn read_input<'a, C: Cursor<Time = Time, Diff = isize>>(
+    cursor: &mut C,
+    storage: &'a C::Storage,
+    key: C::Key<'a>,
+    state: &mut Vec<(C::Val<'a>, isize)>,
+) where
+    C::Key<'a>: PartialEq,
+{
+    state.clear();
+    cursor.seek_key(storage, key);
+    if cursor.get_key(storage) == Some(key) {
+        while let Some(val) = cursor.get_val(storage) {
+            let mut n = 0isize;
+            cursor.map_times(storage, |_, r| n += C::owned_diff(r));
+            if n != 0 {
+                state.push((val, n));
+            }
+            cursor.step_val(storage);
+        }
+    }
+}
+
+/// The updates of `key` in a batch cursor, in time order (by value within a time, as the sort
+/// is stable), as (time, index into the returned values, diff).
+fn batch_changes<'a, C: Cursor<Time = Time, Diff = isize>>(
+    cursor: &mut C,
+    storage: &'a C::Storage,
+    key: C::Key<'a>,
+    changes: &mut Vec<(Time, usize, isize)>,
+) -> Vec<C::Val<'a>>
+where
+    C::Key<'a>: PartialEq,
+{
+    changes.clear();
+    let mut vals = Vec::new();
+    cursor.seek_key(storage, key);
+    if cursor.get_key(storage) == Some(key) {
+        while let Some(val) = cursor.get_val(storage) {
+            let i = vals.len();
+            vals.push(val);
+            cursor.map_times(storage, |t, r| {
+                changes.push((C::owned_time(t), i, C::owned_diff(r)))
+            });
+            cursor.step_val(storage);
+        }
+    }
+    changes.sort_by_key(|(t, _, _)| *t);
+    vals
+}
+
+/// The side key's value: the one with a positive multiplicity (a list made by one reduce).
+fn side_value<'a, V>(state: &[(&'a V, isize)]) -> Option<&'a V> {
+    state.iter().find(|(_, r)| *r > 0).map(|(v, _)| *v)
 }
 
 /// Adds `r` copies of `val` to a key's input (sorted by value, no zero multiplicities).
@@ -155,45 +261,37 @@ mod tests {
     use timely::dataflow::operators::{Inspect, Probe};
 
     type Update = ((u8, u8), Time, isize);
+    type Pairs<'s> = Coll<'s, (u8, u8)>;
 
-    /// The output of `reduce_total` and of differential's `reduce`, consolidated per time,
-    /// for the same input (round i's updates at time i, each round flushed separately).
-    fn both(rounds: Vec<Vec<(u8, u8, bool)>>) -> (Vec<Update>, Vec<Update>) {
+    /// One round: updates of (key, value) pairs (a removal of a pair not present is skipped),
+    /// a new value of key 0, the side key (`Some(None)` removes it), and whether the worker
+    /// runs before the next round (if not, the rounds' times reach the operator in one batch).
+    type Round = (Vec<(u8, u8, bool)>, Option<Option<u8>>, bool);
+
+    /// Feeds round i's updates at time i into `build`, which returns our operator's output and
+    /// differential's for the same input; both consolidated.
+    fn run<F>(rounds: Vec<Round>, build: F) -> (Vec<Update>, Vec<Update>)
+    where
+        F: for<'s> FnOnce(Pairs<'s>) -> (Pairs<'s>, Pairs<'s>) + Send + Sync + 'static,
+    {
         timely::execute_directly(move |worker| {
             let ours: Rc<RefCell<Vec<Update>>> = Rc::default();
             let theirs: Rc<RefCell<Vec<Update>>> = Rc::default();
             let (o, t) = (ours.clone(), theirs.clone());
             let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
                 let (input, pairs) = scope.new_collection::<(u8, u8), isize>();
-                // Sum of the distinct values present, or nothing when it is even (so that the
-                // output appears, changes and disappears while the input stays).
-                let logic = |vals: &[(&u8, isize)]| {
-                    let sum: u32 = vals.iter().map(|(v, _)| u32::from(**v)).sum();
-                    (sum % 2 == 1).then_some((sum % 256) as u8)
-                };
-                let probe = reduce_total(pairs.clone().arrange_by_key(), "Test", move |_, vals| {
-                    logic(vals)
-                })
-                .inner
-                .inspect(move |u| o.borrow_mut().push(*u))
-                .probe()
-                .0;
-                pairs
-                    .reduce(move |_, input, output| {
-                        let vals: Vec<(&u8, isize)> = input.iter().map(|(v, r)| (*v, *r)).collect();
-                        if let Some(x) = logic(&vals) {
-                            output.push((x, 1));
-                        }
-                    })
-                    .inner
+                let (a, b) = build(pairs);
+                let probe = a.inner.inspect(move |u| o.borrow_mut().push(*u)).probe().0;
+                b.inner
                     .inspect(move |u| t.borrow_mut().push(*u))
                     .probe_with(&probe);
                 (input, probe)
             });
             let mut present: Vec<(u8, u8)> = Vec::new();
-            for (round, ops) in rounds.into_iter().enumerate() {
+            let mut side: Option<u8> = None;
+            for (round, (ops, new_side, run)) in rounds.into_iter().enumerate() {
                 for (k, v, insert) in ops {
-                    let pair = (k % 4, v % 8);
+                    let pair = (k, v);
                     if insert {
                         input.insert(pair);
                         present.push(pair);
@@ -202,17 +300,114 @@ mod tests {
                         present.swap_remove(pos);
                     }
                 }
+                if let Some(new_side) = new_side {
+                    if let Some(old) = side.take() {
+                        input.remove((0, old));
+                    }
+                    if let Some(new) = new_side {
+                        input.insert((0, new));
+                        side = Some(new);
+                    }
+                }
                 input.advance_to(round as Time + 1);
                 input.flush();
-                while probe.less_than(input.time()) {
+                while run && probe.less_than(input.time()) {
                     worker.step();
                 }
             }
+            input.close();
+            while worker.step() {}
             let mut a = ours.take();
             let mut b = theirs.take();
             differential_dataflow::consolidation::consolidate_updates(&mut a);
             differential_dataflow::consolidation::consolidate_updates(&mut b);
             (a, b)
+        })
+    }
+
+    /// `reduce_total` without a side key and differential's `reduce`, keys 0..4, each round run to completion.
+    fn both(rounds: Vec<Vec<(u8, u8, bool)>>) -> (Vec<Update>, Vec<Update>) {
+        // Sum of the distinct values present, or nothing when it is even (so that the output
+        // appears, changes and disappears while the input stays).
+        fn logic(vals: &[(&u8, isize)]) -> Option<u8> {
+            let sum: u32 = vals.iter().map(|(v, _)| u32::from(**v)).sum();
+            (sum % 2 == 1).then_some((sum % 256) as u8)
+        }
+        let rounds = rounds
+            .into_iter()
+            .map(|ops| {
+                let ops = ops.into_iter().map(|(k, v, i)| (k % 4, v % 8, i)).collect();
+                (ops, None, true)
+            })
+            .collect();
+        run(rounds, |pairs| {
+            let ours = reduce_total(
+                pairs.clone().arrange_by_key(),
+                "Test",
+                None,
+                |_, vals, _| logic(vals),
+            );
+            let theirs = pairs.reduce(|_, input, output| {
+                let vals: Vec<(&u8, isize)> = input.iter().map(|(v, r)| (*v, *r)).collect();
+                if let Some(x) = logic(&vals) {
+                    output.push((x, 1));
+                }
+            });
+            (ours, theirs)
+        })
+    }
+
+    /// `reduce_total` with side key 0 (, keys 1..=4), and the same computed by
+    /// differential: each key's input collected by `reduce`, crossed with the side value by
+    /// `join` (or `antijoin` while there is none).
+    fn with_side(rounds: Vec<Round>) -> (Vec<Update>, Vec<Update>) {
+        fn logic(vals: &[(&u8, isize)], side: Option<&u8>) -> Option<u8> {
+            let sum: u32 = vals.iter().map(|(v, r)| u32::from(**v) * *r as u32).sum();
+            match side {
+                Some(s) => (!(sum + u32::from(*s)).is_multiple_of(3))
+                    .then_some(((sum * 7 + u32::from(*s)) % 256) as u8),
+                None => (sum % 2 == 1).then_some((sum % 256) as u8),
+            }
+        }
+        fn collected(vals: &[(u8, isize)]) -> Vec<(&u8, isize)> {
+            vals.iter().map(|(v, r)| (v, *r)).collect()
+        }
+        let rounds = rounds
+            .into_iter()
+            .map(|(ops, side, run)| {
+                let ops = ops
+                    .into_iter()
+                    .map(|(k, v, i)| (k % 4 + 1, v % 8, i))
+                    .collect();
+                (ops, side.map(|s| s.map(|v| v % 8)), run)
+            })
+            .collect();
+        run(rounds, |pairs| {
+            let ours = reduce_total(
+                pairs.clone().arrange_by_key(),
+                "Test",
+                Some(0),
+                |_, vals, side| logic(vals, side),
+            );
+            let groups = pairs
+                .clone()
+                .filter(|(k, _)| *k != 0)
+                .reduce(|_, input, output| {
+                    let vals: Vec<(u8, isize)> = input.iter().map(|(v, r)| (**v, *r)).collect();
+                    output.push((vals, 1));
+                })
+                .map(|(k, vals)| ((), (k, vals)));
+            let side = pairs.filter(|(k, _)| *k == 0).map(|(_, v)| ((), v));
+            let with = groups
+                .clone()
+                .join(side.clone())
+                .flat_map(|((), ((k, vals), s))| {
+                    logic(&collected(&vals), Some(&s)).map(|x| (k, x))
+                });
+            let without = groups
+                .antijoin(side.map(|((), _)| ()).distinct())
+                .flat_map(|((), (k, vals))| logic(&collected(&vals), None).map(|x| (k, x)));
+            (ours, with.concat(without))
         })
     }
 
@@ -226,6 +421,21 @@ mod tests {
             )
         ) {
             let (ours, theirs) = both(rounds);
+            prop_assert_eq!(ours, theirs);
+        }
+
+        #[test]
+        fn with_side_agrees_with_differentials_join(
+            rounds in proptest::collection::vec(
+                (
+                    proptest::collection::vec((0u8..4, 0u8..8, proptest::bool::weighted(0.6)), 0..8),
+                    proptest::option::weighted(0.3, proptest::option::weighted(0.8, 0u8..8)),
+                    proptest::bool::weighted(0.6),
+                ),
+                1..14,
+            )
+        ) {
+            let (ours, theirs) = with_side(rounds);
             prop_assert_eq!(ours, theirs);
         }
     }
