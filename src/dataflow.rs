@@ -148,10 +148,10 @@ impl Pipeline {
             .time()
             .saturating_sub(1)
             .min(self.drained_below.saturating_sub(1))];
+        // Only the times matter here: explain reads every batch (`spans_through(&[])`), so
+        // the large gather trace's batches may be merged as its own reduce allows.
         self.gathered
             .set_logical_compaction(AntichainRef::new(&frontier));
-        self.gathered
-            .set_physical_compaction(AntichainRef::new(&frontier));
         self.block_counts
             .set_logical_compaction(AntichainRef::new(&frontier));
         self.block_counts
@@ -396,7 +396,8 @@ pub fn build_with(
         let block_counts = rulecompute::arrange_everywhere(per_block.clone());
         let block_levels =
             rulecompute::block_levels(per_block, scoring::block_thresholds(flow_rules.clone()));
-        let gather_trace = gathered.trace.clone();
+        let mut gather_trace = gathered.trace.clone();
+        gather_trace.set_physical_compaction(Antichain::new().borrow());
         let block_trace = block_counts.trace.clone();
 
         let decision_capture: Captured<DecisionRow> = Rc::new(RefCell::new(Vec::new()));
