@@ -622,7 +622,7 @@ pub fn gather<'s>(
 }
 
 /// A small collection on every worker (each holds all of it).
-pub fn broadcast_collection<'s, D: differential_dataflow::ExchangeData>(
+fn broadcast_collection<'s, D: differential_dataflow::ExchangeData>(
     rows: Coll<'s, D>,
 ) -> Coll<'s, D> {
     use timely::dataflow::operators::vec::Broadcast;

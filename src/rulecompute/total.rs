@@ -83,17 +83,24 @@ where
                     let mut side_state: Vec<(&V, isize)> = Vec::new();
                     let mut side_times: Vec<(Time, Option<&V>)> = Vec::new();
                     let mut side_before = None;
+                    // Reused across keys: the values of the batch's updates of a key.
+                    let mut batch_vals: Vec<&V> = Vec::new();
                     if let Some(side) = side.as_ref() {
                         read_input(&mut trace_cursor, &trace_storage, side, &mut side_state);
                         side_before = side_value(&side_state);
-                        let side_vals =
-                            batch_changes(&mut batch_cursor, &batch_storage, side, &mut changes);
+                        batch_changes(
+                            &mut batch_cursor,
+                            &batch_storage,
+                            side,
+                            &mut batch_vals,
+                            &mut changes,
+                        );
                         let mut at = 0;
                         while at < changes.len() {
                             let t = changes[at].0;
                             while at < changes.len() && changes[at].0 == t {
                                 let (_, i, r) = changes[at];
-                                apply(&mut side_state, side_vals[i], r);
+                                apply(&mut side_state, batch_vals[i], r);
                                 at += 1;
                             }
                             side_times.push((t, side_value(&side_state)));
@@ -122,12 +129,17 @@ where
                             // The key's input before this batch (every time in the trace is
                             // before `lower`), sorted by value as the cursor yields them.
                             read_input(&mut trace_cursor, &trace_storage, key, &mut state);
-                            let batch_vals = if in_batch {
-                                batch_changes(&mut batch_cursor, &batch_storage, key, &mut changes)
+                            if in_batch {
+                                batch_changes(
+                                    &mut batch_cursor,
+                                    &batch_storage,
+                                    key,
+                                    &mut batch_vals,
+                                    &mut changes,
+                                );
                             } else {
                                 changes.clear();
-                                Vec::new()
-                            };
+                            }
                             let eval = |state: &[(&V, isize)], side, logic: &mut L| {
                                 (!state.is_empty())
                                     .then(|| logic(key, state, side))
@@ -205,19 +217,19 @@ fn read_input<'a, C: Cursor<Time = Time, Diff = isize>>(
     }
 }
 
-/// The updates of `key` in a batch cursor, in time order (by value within a time, as the sort
-/// is stable), as (time, index into the returned values, diff).
+/// The updates of `key` in a batch cursor: its values into `vals`, and in time order (by value
+/// within a time, as the sort is stable) (time, index into `vals`, diff) into `changes`.
 fn batch_changes<'a, C: Cursor<Time = Time, Diff = isize>>(
     cursor: &mut C,
     storage: &'a C::Storage,
     key: C::Key<'a>,
+    vals: &mut Vec<C::Val<'a>>,
     changes: &mut Vec<(Time, usize, isize)>,
-) -> Vec<C::Val<'a>>
-where
+) where
     C::Key<'a>: PartialEq,
 {
     changes.clear();
-    let mut vals = Vec::new();
+    vals.clear();
     cursor.seek_key(storage, key);
     if cursor.get_key(storage) == Some(key) {
         while let Some(val) = cursor.get_val(storage) {
@@ -230,7 +242,6 @@ where
         }
     }
     changes.sort_by_key(|(t, _, _)| *t);
-    vals
 }
 
 /// The side key's value: the one with a positive multiplicity (a list made by one reduce).
