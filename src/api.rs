@@ -8,22 +8,32 @@
 //! | method and path | body | answer |
 //! |---|---|---|
 //! | `GET /health` | | `{"status":"ok","completed_ms":…,"results":…}` |
+//! | `GET /metrics` | | Prometheus metrics (OpenMetrics text), see [`crate::ops::metrics`] |
+//! | `GET /blacklist[?flow_id=F]` | | `{"count","entries":[…]}`: the (flow, IP) pairs on the blacklist now |
+//! | `GET /explain/{ip}` | | the IP's indicators and, per flow, each rule's value, hit and the score |
+//! | `GET /rules[/{table}]` | | `{"version","source","tables":{…}}` or `{"table","version","rows"}` |
+//! | `PUT /rules/{table}` | `[rows]` or `{"rows":[…]}`; `Authorization: Bearer <token>` | `{"table","rows","version"}` |
+//! | `GET /link_stats` | | the last period's requests and active connections per `server_addr` |
 //! | `POST /api_v1/nt_app/cat_resource` | `{"appid","response_time","request_count","fail_count"[,"create_time"]}` | `{"id"}` |
 //! | `POST /api_v1/nt_spark/cat_result` | `{"appid","start_time","end_time","algorithm_name"}` | per-sample results |
 //! | `POST /api_v1/nt_spark/feedback` | `{"id"` or `"appid","time"`, `"anomalous"` or `"label"}` | `{"id","anomalous","retrain"}` |
 //! | `POST /api_v1/nt_spark/retrain` | `{["appid"],["algorithm_name"]}` | `{"queued"}` |
 //! | `GET /api_v1/nt_spark/models` | | the model versions in force |
 //!
-//! Errors are HTTP 400 (422 never) with `{"detail": "...", "error": 1}`.
+//! Errors are HTTP 400 (422 never) with `{"detail": "...", "error": 1}`; a refused rule edit
+//! is 401 (no or wrong token), 403 (edits are off: no token configured) or 409 (the rules
+//! come from MySQL); explain is 404 for an IP held by another process of a cluster and 503
+//! while no engine runs.
 //!
-//! To add endpoints (blacklist, explain, rules), extend [`ApiState`] and [`router`].
+//! In a cluster every process serves its own share: the blacklist entries decided by its
+//! workers, and explain for the IPs they hold.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -34,6 +44,8 @@ use crate::anomaly::hub::{FeedbackItem, RetrainRequest};
 use crate::anomaly::model::Algorithm;
 use crate::anomaly::{AnomalyHub, ServiceSample};
 use crate::format::time::format_iso8601;
+use crate::ops::{AskError, OpsHub};
+use crate::rules::feed::EditError;
 
 /// The `[api]` section of a pipeline config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +55,18 @@ pub struct ApiConfig {
     pub enabled: bool,
     /// Address to listen on; loopback by default.
     pub listen: String,
+    /// Environment variable holding the bearer token that rule edits (`PUT /rules/…`) must
+    /// send; while it is unset or empty, rule edits are refused.
+    pub token_env: String,
+}
+
+impl ApiConfig {
+    /// The rule-edit token, from the environment variable `token_env`.
+    pub fn token(&self) -> Option<String> {
+        std::env::var(&self.token_env)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+    }
 }
 
 impl Default for ApiConfig {
@@ -50,6 +74,7 @@ impl Default for ApiConfig {
         ApiConfig {
             enabled: false,
             listen: "127.0.0.1:8080".into(),
+            token_env: "ANTISPIDER_API_TOKEN".into(),
         }
     }
 }
@@ -58,6 +83,11 @@ impl Default for ApiConfig {
 #[derive(Clone)]
 pub struct ApiState {
     pub anomaly: Arc<AnomalyHub>,
+    pub ops: Arc<OpsHub>,
+    /// The bearer token rule edits must carry (`None`: rule edits are off).
+    pub token: Option<Arc<str>>,
+    /// The environment variable the token comes from, for the error that says how to set it.
+    pub token_env: String,
     /// UTC offset (minutes) for rendered times.
     pub utc_offset_minutes: i32,
 }
@@ -145,6 +175,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/api_v1/nt_spark/feedback", post(feedback))
         .route("/api_v1/nt_spark/retrain", post(retrain))
         .route("/api_v1/nt_spark/models", get(models))
+        .route("/metrics", get(metrics))
+        .route("/blacklist", get(blacklist))
+        .route("/explain/{ip}", get(explain))
+        .route("/rules", get(rules))
+        .route("/rules/{table}", get(rule_table).put(edit_rule_table))
+        .route("/link_stats", get(link_stats))
         .with_state(state)
 }
 
@@ -352,4 +388,210 @@ async fn models(State(s): State<ApiState>) -> Json<Value> {
         .map(|m| m.values().map(|v| json!(v)).collect())
         .unwrap_or_default();
     Json(json!({ "models": list }))
+}
+
+/// An error answer with its status and the original's error shape.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(json!({"detail": self.1, "error": 1}))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.ops.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct BlacklistQuery {
+    flow_id: Option<String>,
+}
+
+async fn blacklist(State(s): State<ApiState>, Query(q): Query<BlacklistQuery>) -> Json<Value> {
+    let entries = s.ops.blacklist(q.flow_id.as_deref());
+    Json(json!({"count": entries.len(), "entries": entries}))
+}
+
+/// How long explain waits for the worker (it answers between two steps of its loop).
+const EXPLAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn explain(
+    State(s): State<ApiState>,
+    Path(ip): Path<String>,
+) -> Result<Json<Value>, Refused> {
+    let addr: std::net::IpAddr = ip.trim().parse().map_err(|_| {
+        Refused(
+            StatusCode::BAD_REQUEST,
+            format!("`{ip}` is not an IPv4 or IPv6 address"),
+        )
+    })?;
+    let answer = match s.ops.ask_explain(addr) {
+        Ok(answer) => answer,
+        Err(AskError::NotRunning) => {
+            return Err(Refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no engine is running in this process (the run has ended)".into(),
+            ))
+        }
+        Err(AskError::Elsewhere { process, worker }) => {
+            return Err(Refused(
+                StatusCode::NOT_FOUND,
+                format!(
+                "{addr} is held by worker {worker} of process {process}: ask that process's API"
+            ),
+            ))
+        }
+    };
+    match tokio::time::timeout(EXPLAIN_WAIT, answer).await {
+        Ok(Ok(v)) => Ok(Json(v)),
+        Ok(Err(_)) => Err(Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the engine stopped before answering".into(),
+        )),
+        Err(_) => Err(Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the worker did not answer within {} s (busy catching up?)",
+                EXPLAIN_WAIT.as_secs()
+            ),
+        )),
+    }
+}
+
+fn rule_feed(s: &ApiState) -> Result<Arc<crate::rules::feed::RuleFeed>, Refused> {
+    s.ops.rules().ok_or_else(|| {
+        Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no engine is running in this process (the run has ended)".into(),
+        )
+    })
+}
+
+async fn rules(State(s): State<ApiState>) -> Result<Json<Value>, Refused> {
+    let feed = rule_feed(&s)?;
+    let (version, tables) = feed.current();
+    let mut all = serde_json::Map::new();
+    for name in crate::rules::edit::table_names() {
+        let file = crate::rules::edit::file_of(name).unwrap_or_default();
+        all.insert(
+            name.to_string(),
+            crate::rules::edit::table_json(&tables, file).unwrap_or_default(),
+        );
+    }
+    Ok(Json(
+        json!({"version": version, "source": feed.name, "tables": all}),
+    ))
+}
+
+fn table_file(table: &str) -> Result<&'static str, Refused> {
+    crate::rules::edit::file_of(table).ok_or_else(|| {
+        let names: Vec<&str> = crate::rules::edit::table_names().collect();
+        Refused(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown rule table `{table}`; the tables are {}",
+                names.join(", ")
+            ),
+        )
+    })
+}
+
+async fn rule_table(
+    State(s): State<ApiState>,
+    Path(table): Path<String>,
+) -> Result<Json<Value>, Refused> {
+    let file = table_file(&table)?;
+    let (version, tables) = rule_feed(&s)?.current();
+    let rows = crate::rules::edit::table_json(&tables, file).unwrap_or_default();
+    Ok(Json(
+        json!({"table": table, "version": version, "rows": rows}),
+    ))
+}
+
+/// Whether the request carries the rule-edit token (compared in constant time).
+fn authorize(s: &ApiState, headers: &HeaderMap) -> Result<(), Refused> {
+    let Some(token) = s.token.as_deref() else {
+        return Err(Refused(
+            StatusCode::FORBIDDEN,
+            format!(
+                "rule edits are off: set a token in the environment variable {} (the [api] \
+                 token_env key names it) and send it as `Authorization: Bearer <token>`",
+                s.token_env
+            ),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim();
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(Refused(
+            StatusCode::UNAUTHORIZED,
+            "rule edits need `Authorization: Bearer <token>` with the configured token".into(),
+        ))
+    }
+}
+
+async fn edit_rule_table(
+    State(s): State<ApiState>,
+    Path(table): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, Refused> {
+    authorize(&s, &headers)?;
+    table_file(&table)?;
+    let rows: Value = serde_json::from_slice(&body).map_err(|e| {
+        Refused(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    let feed = rule_feed(&s)?;
+    match feed.replace_table(&table, rows) {
+        Ok((version, rows)) => {
+            tracing::info!("api: rule table {table} replaced ({rows} rows), version {version}");
+            Ok(Json(
+                json!({"table": table, "rows": rows, "version": version}),
+            ))
+        }
+        Err(e) => {
+            let status = match e {
+                EditError::Invalid(_) => StatusCode::BAD_REQUEST,
+                EditError::NotHere(_) => StatusCode::CONFLICT,
+                EditError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            Err(Refused(status, e.to_string()))
+        }
+    }
+}
+
+async fn link_stats(State(s): State<ApiState>) -> Json<Value> {
+    Json(s.ops.links().unwrap_or_else(
+        || json!({"detail": "no period has ended yet (see [redis] monitor_interval_secs)"}),
+    ))
 }

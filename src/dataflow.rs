@@ -251,6 +251,19 @@ impl Pipeline {
         ind
     }
 
+    /// For the API's explain: the newest completed tick, the indicators of `ip` at it, and
+    /// the flow-rule list the scoring used then (held in the gather arrangement). Only on the
+    /// worker that holds the IP.
+    pub fn explain_latest(&mut self, ip: IpAddr) -> (Time, Indicators, Vec<scoring::FlowRule>) {
+        let t = self.completed().min(self.time()).saturating_sub(1);
+        let indicators = self.explain(ip, t);
+        let rules = match value_at(&mut self.gathered, &rulecompute::GatherKey::Rules, t) {
+            Some(rulecompute::Part::FlowRules(rules)) => rules,
+            _ => Vec::new(),
+        };
+        (t, indicators, rules)
+    }
+
     /// Drops the dataflow without running its future (e.g. window expirations after a replay).
     pub fn shutdown(self, worker: &mut Worker) {
         let id = self.dataflow_id;
@@ -358,14 +371,35 @@ fn gathered_at(trace: &mut GatherTrace, ip: Option<IpAddr>, t: Time) -> Vec<(IpA
 
 /// Builds the dataflow on this worker (with service anomalies fed by nobody).
 pub fn build(worker: &mut Worker, spec: WindowSpec) -> Pipeline {
-    build_with(worker, spec, Default::default())
+    build_with(worker, spec, Default::default(), Default::default())
 }
 
-/// Builds the dataflow on this worker; `service` is shared by the workers of the process.
+/// Adds the multiplicities of a collection's updates to `gauge`: its size, as the updates
+/// pass (one atomic add per message, not per record).
+fn count_into<D: differential_dataflow::Data>(
+    updates: rulecompute::Coll<'_, D>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+) -> rulecompute::Coll<'_, D> {
+    updates
+        .inner
+        .inspect_core(move |event| {
+            if let Ok((_, data)) = event {
+                let n: isize = data.iter().map(|(_, _, r)| *r).sum();
+                if n != 0 {
+                    gauge.inc_by(n as i64);
+                }
+            }
+        })
+        .as_collection()
+}
+
+/// Builds the dataflow on this worker; `service` is shared by the workers of the process,
+/// `gauges` (the window's size) too.
 pub fn build_with(
     worker: &mut Worker,
     spec: WindowSpec,
     service: crate::anomaly::wire::ServiceShared,
+    gauges: crate::ops::metrics::WindowGauges,
 ) -> Pipeline {
     let dataflow_id = worker.next_dataflow_index();
     worker.dataflow::<Time, _, _>(|scope| {
@@ -389,7 +423,9 @@ pub fn build_with(
             .distinct_total();
         let critical_rules = critical_pages.map(|c| (c.id, c.critical_page_match_expression));
 
-        let (parts, per_block) = rulecompute::indicators(events, critical_rules, thresholds, spec);
+        let mut window = rulecompute::windowed(events, spec);
+        window.records = count_into(window.records, gauges.events);
+        let (parts, per_block) = rulecompute::indicators(window, critical_rules, thresholds);
         // One sorted list, for the gather (rule hits are bits into it) and the scoring.
         let rule_list = rulecompute::one_list(flow_rules.clone(), "FlowRuleList");
         let gathered = rulecompute::gather(parts, rule_list.clone());
@@ -402,7 +438,9 @@ pub fn build_with(
 
         let decision_capture: Captured<DecisionRow> = Rc::new(RefCell::new(Vec::new()));
         let sink = decision_capture.clone();
-        let (probe, _) = scoring::blacklist(gathered, rule_list, block_levels)
+        // One record per IP in the window: its rule hits.
+        let rule_hits = count_into(scoring::rule_hits_per_ip(gathered), gauges.ips);
+        let (probe, _) = scoring::blacklist(rule_hits, rule_list, block_levels)
             .inner
             // To the worker that holds the IP's indicators, which explain the decision.
             .exchange(|(((_, ip), _), _, _): &(DecisionRow, Time, isize)| ip.hashed())

@@ -45,6 +45,8 @@ pub struct Counters {
     pub processed_book: u64,
     pub processed_other: u64,
     pub dead_lettered: u64,
+    /// Dead letters by reason (`late`, `bad_time`, the parse error kinds, ...).
+    pub dead_lettered_by_reason: std::collections::BTreeMap<&'static str, u64>,
     pub late: u64,
     pub windowed: u64,
     pub decisions_add: u64,
@@ -65,6 +67,9 @@ impl Counters {
         self.processed_book += o.processed_book;
         self.processed_other += o.processed_other;
         self.dead_lettered += o.dead_lettered;
+        for (reason, n) in &o.dead_lettered_by_reason {
+            *self.dead_lettered_by_reason.entry(reason).or_default() += n;
+        }
         self.late += o.late;
         self.windowed += o.windowed;
         self.decisions_add += o.decisions_add;
@@ -121,8 +126,9 @@ struct Shared {
     /// With several processes, the decisions of the others are merged in (`cluster`).
     self_blacklisted: Arc<crate::cluster::SelfBlacklist>,
     kafka: Option<Arc<KafkaSink>>,
-    /// The live rule tables (directory or MySQL), polled by the first worker of the process.
-    rules: RuleFeed,
+    /// The live rule tables (directory or MySQL), polled by the first worker of the process
+    /// (and edited through the API).
+    rules: Arc<RuleFeed>,
     /// `CSANTI_ANTI_BLACK<ip>:<flowId>` keys (SPEC §5) and their backup.
     redis: Option<RedisSink>,
     /// Blacklisted IPs into `nh_ip_blacklist`, once.
@@ -131,8 +137,10 @@ struct Shared {
     anomaly: Arc<crate::anomaly::AnomalyHub>,
     service: crate::anomaly::wire::ServiceShared,
     latency: crate::latency::LatencyRecorder,
-    /// Link statistics and monitor records for Redis (when `[redis]` is enabled).
+    /// Link statistics and monitor records for Redis and the API (when either is on).
     monitor: Option<crate::monitor::Monitor>,
+    /// Metrics, the blacklist and explain requests for the API.
+    ops: Arc<crate::ops::OpsHub>,
 }
 
 impl Shared {
@@ -152,14 +160,16 @@ impl Shared {
 
 /// Runs the engine to the end of its input (or until `stop`), and returns the summary.
 pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
-    run_with(opts, stop, Default::default())
+    run_with(opts, stop, Default::default(), Default::default())
 }
 
-/// [`run`], sharing the service-anomaly results and inboxes with `anomaly` (the HTTP API).
+/// [`run`], sharing the service-anomaly results and inboxes with `anomaly`, and the metrics,
+/// blacklist, explain requests and rule feed with `ops` (the HTTP API).
 pub fn run_with(
     opts: RunOptions,
     stop: Arc<AtomicBool>,
     anomaly: Arc<crate::anomaly::AnomalyHub>,
+    ops: Arc<crate::ops::OpsHub>,
 ) -> anyhow::Result<Summary> {
     let mut opts = opts;
     if opts.config.source.kind == SourceKind::Kafka && opts.config.kafka.stop_at_end {
@@ -169,7 +179,7 @@ pub fn run_with(
     let cfg = opts.config.clone();
     cfg.validate()?;
     // Fail early, naming the source, if the rules do not load or compile.
-    let rules = RuleFeed::start(&cfg)?;
+    let rules = Arc::new(RuleFeed::start(&cfg)?);
     let (_, tables) = rules.current();
     DataRules::compile(&tables.filter, &tables.classify, &tables.analyze)
         .with_context(|| format!("{}: rule tables do not compile", rules.name))?;
@@ -220,15 +230,26 @@ pub fn run_with(
         },
         anomaly,
         service: Default::default(),
-        latency: Default::default(),
-        monitor: (cfg.redis.enabled && cfg.redis.monitor_interval_secs > 0).then(|| {
-            crate::monitor::Monitor::new(
-                cfg.redis.monitor_interval_secs * 1000,
-                "antispider",
-                cfg.output.utc_offset_minutes,
-            )
-        }),
+        latency: crate::latency::LatencyRecorder::observed_by(&ops.metrics),
+        monitor: ((cfg.redis.enabled || cfg.api.enabled) && cfg.redis.monitor_interval_secs > 0)
+            .then(|| {
+                crate::monitor::Monitor::new(
+                    cfg.redis.monitor_interval_secs * 1000,
+                    "antispider",
+                    cfg.output.utc_offset_minutes,
+                )
+            }),
+        ops: ops.clone(),
     });
+    ops.attach(shared.rules.clone(), cluster.clone());
+    // The workers are gone once this returns, however it returns.
+    struct Detach(Arc<crate::ops::OpsHub>);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            self.0.detach();
+        }
+    }
+    let _detach = Detach(ops);
 
     let started = Instant::now();
     let progress = opts.progress.then(|| progress_bar(shared.clone()));
@@ -263,6 +284,10 @@ pub fn run_with(
         p.finish_and_clear();
     }
     write_indicators(&shared.indicators_path, indicators)?;
+    if let Some(rest) = shared.monitor.as_ref().and_then(|m| m.take_rest()) {
+        // For the API, which may keep answering after the run (`replay --api`).
+        shared.ops.period_ended(&rest);
+    }
     shared.blacklist.flush()?;
     for f in [
         &shared.processed_query,
@@ -404,11 +429,21 @@ struct Ingest<'a> {
 }
 
 impl Ingest<'_> {
-    fn dead_letter(&mut self, raw: &RawLine, reason: &str, detail: &str) -> std::io::Result<()> {
+    fn dead_letter(
+        &mut self,
+        raw: &RawLine,
+        reason: &'static str,
+        detail: &str,
+    ) -> std::io::Result<()> {
         if raw.replay {
             return Ok(());
         }
         self.counters.dead_lettered += 1;
+        *self
+            .counters
+            .dead_lettered_by_reason
+            .entry(reason)
+            .or_default() += 1;
         let d = DeadLetter::new(raw.no, reason, detail, &raw.bytes, &self.masker);
         let line = d.to_json_line();
         if let Some(k) = &self.kafka {
@@ -587,7 +622,14 @@ fn worker_main(
     let peers = worker.peers();
     let spec = cfg.window.spec();
     let profile = crate::opprof::start(worker);
-    let mut pipeline = dataflow::build_with(worker, spec, shared.service.clone());
+    let mut pipeline = dataflow::build_with(
+        worker,
+        spec,
+        shared.service.clone(),
+        shared.ops.metrics.window_gauges(),
+    );
+    // What this worker's counters had added to the metrics.
+    let mut published = Counters::default();
     // With several processes: the workers' status and blacklist decisions to the other
     // processes (see `cluster`).
     let mut control = (shared.cluster.processes > 1).then(|| {
@@ -723,8 +765,11 @@ fn worker_main(
         }
         if let (Some(m), Some(t)) = (&shared.monitor, ingest.tally.as_mut()) {
             m.merge(t);
-            if let (0, Some(redis)) = (index, &shared.redis) {
-                m.publish_due(redis);
+            if let Some(done) = (index == 0).then(|| m.take_due()).flatten() {
+                if let Some(redis) = &shared.redis {
+                    m.publish(redis, &done);
+                }
+                shared.ops.period_ended(&done);
             }
         }
 
@@ -852,6 +897,18 @@ fn worker_main(
             }
         }
 
+        shared.ops.metrics.publish(&ingest.counters, &mut published);
+        shared
+            .ops
+            .metrics
+            .progress(index, pipeline.time(), pipeline.completed());
+        for ask in shared.ops.take_explains(index) {
+            let answer =
+                crate::ops::explain::answer(&mut pipeline, ask.ip, cfg.output.utc_offset_minutes);
+            // The asker may have given up waiting.
+            let _ = ask.reply.send(answer);
+        }
+
         let mut stopping = shared.view.stopping();
         if shared.stop.load(Ordering::Relaxed) {
             // Ctrl-C on any process stops the whole cluster.
@@ -901,6 +958,7 @@ fn worker_main(
     )?;
     let indicators = pipeline.indicators_at(final_tick);
     ingest.flush()?;
+    shared.ops.metrics.publish(&ingest.counters, &mut published);
     if let Some(Source::Kafka(k)) = source.as_mut() {
         // Everything read is processed and its decisions are emitted; commit once the Kafka
         // and MySQL outputs are delivered (the Redis keys are in the backup file).
@@ -1049,6 +1107,8 @@ fn emit_decisions(
     let mut text = String::new();
     for d in blacklist::decisions(updates) {
         write_key_stores(shared, &d, offset);
+        let json = blacklist::to_json(&d, offset, now_ms());
+        shared.ops.decided(&d, json.clone());
         match d.action {
             Action::Add => {
                 blacklisted.insert(d.entry.ip);
@@ -1069,7 +1129,6 @@ fn emit_decisions(
             _ => counters.decisions_remove += 1,
         }
         shared.latency.decision_written(d.tick);
-        let json = blacklist::to_json(&d, offset, now_ms());
         if cfg.output.print_decisions {
             println!(
                 "{} {} flow={} score={:.3} threshold={} hits={} at {}",

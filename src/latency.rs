@@ -22,6 +22,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::rulecompute::Time;
 
 /// Samples kept per figure (a reservoir would be fairer; a cap keeps memory bounded).
@@ -33,6 +35,8 @@ pub struct LatencyRecorder {
     ticks_us: Mutex<Vec<u64>>,
     ticks_last_us: Mutex<Vec<u64>>,
     decisions_us: Mutex<Vec<u64>>,
+    /// The metrics' histograms of the per-tick and per-decision figures.
+    histograms: Option<(Histogram, Histogram)>,
 }
 
 /// Percentiles in milliseconds.
@@ -77,6 +81,17 @@ fn push(v: &Mutex<Vec<u64>>, us: u64) {
 }
 
 impl LatencyRecorder {
+    /// A recorder that also feeds the latency histograms of `metrics`.
+    pub fn observed_by(metrics: &crate::ops::Metrics) -> LatencyRecorder {
+        LatencyRecorder {
+            histograms: Some((
+                metrics.tick_latency.clone(),
+                metrics.decision_latency.clone(),
+            )),
+            ..Default::default()
+        }
+    }
+
     /// A worker read the first line of `tick` (newer than any it read before).
     pub fn seen(&self, tick: Time) {
         if let Ok(mut m) = self.first_seen.lock() {
@@ -92,7 +107,11 @@ impl LatencyRecorder {
             .ok()
             .and_then(|m| m.range(tick..).next().map(|(_, i)| *i));
         if let Some(i) = first {
-            push(&self.decisions_us, i.elapsed().as_micros() as u64);
+            let us = i.elapsed().as_micros() as u64;
+            push(&self.decisions_us, us);
+            if let Some((_, h)) = &self.histograms {
+                h.observe(us as f64 / 1e6);
+            }
         }
     }
 
@@ -112,7 +131,11 @@ impl LatencyRecorder {
         };
         if record {
             for (k, i) in done.iter().enumerate() {
-                push(&self.ticks_us, i.elapsed().as_micros() as u64);
+                let us = i.elapsed().as_micros() as u64;
+                push(&self.ticks_us, us);
+                if let Some((h, _)) = &self.histograms {
+                    h.observe(us as f64 / 1e6);
+                }
                 // The next tick's first line marks the end of this tick's lines.
                 if let Some(n) = done.get(k + 1).copied().or(next) {
                     push(&self.ticks_last_us, n.elapsed().as_micros() as u64);

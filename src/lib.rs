@@ -7,6 +7,7 @@
 //! - [`rulecompute`]: the 8 windowed per-IP indicators (SPEC §4);
 //! - [`scoring`]: flow scores and the blacklist (SPEC §5);
 //! - [`dataflow`]: assembles the one differential dataflow from the stages above;
+//! - [`api`] and [`ops`]: the HTTP API and what it sees of the engine (SPEC §7);
 //! - [`source`] and [`sink`]: connectors; [`gen`]: synthetic traffic; [`bench`]: benchmark tools.
 
 pub mod anomaly;
@@ -25,6 +26,7 @@ pub mod harness;
 pub mod latency;
 pub mod monitor;
 pub mod opprof;
+pub mod ops;
 pub mod rulecompute;
 pub mod rules;
 pub mod scoring;

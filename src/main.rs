@@ -12,6 +12,7 @@ use antispider::anomaly::AnomalyHub;
 use antispider::config::{Config, SourceKind};
 use antispider::engine::{self, RunOptions, Summary};
 use antispider::format::LogFormat;
+use antispider::ops::OpsHub;
 
 /// The dataflow allocates and frees many small batches; mimalloc is markedly faster at that
 /// than the system allocator (see BENCHMARKS.md).
@@ -272,9 +273,10 @@ fn real_main() -> anyhow::Result<()> {
                 );
             }
             let hub = Arc::new(AnomalyHub::default());
+            let ops = Arc::new(OpsHub::default());
             let _api = if cfg.api.enabled {
                 let listen = cfg.api.listen.clone();
-                Some(start_api(&listen, &hub, &cfg)?)
+                Some(start_api(&listen, &hub, &ops, &cfg)?)
             } else {
                 None
             };
@@ -287,6 +289,7 @@ fn real_main() -> anyhow::Result<()> {
                 },
                 stop_flag(),
                 hub.clone(),
+                ops,
             )?;
             print_summary(&summary, false);
             print_service_summary(&hub, offset);
@@ -329,8 +332,11 @@ fn real_main() -> anyhow::Result<()> {
             cluster.apply(&mut cfg.engine);
             let progress = std::io::stderr().is_terminal();
             let hub = Arc::new(AnomalyHub::default());
+            let ops = Arc::new(OpsHub::default());
+            // The engine keeps link statistics for the API too.
+            cfg.api.enabled = api.is_some();
             let api = match api {
-                Some(addr) => Some(start_api(&addr, &hub, &cfg)?),
+                Some(addr) => Some(start_api(&addr, &hub, &ops, &cfg)?),
                 None => None,
             };
             let offset = cfg.output.utc_offset_minutes;
@@ -343,6 +349,7 @@ fn real_main() -> anyhow::Result<()> {
                 },
                 stop.clone(),
                 hub.clone(),
+                ops,
             )?;
             print_summary(&summary, json);
             print_service_summary(&hub, offset);
@@ -551,16 +558,20 @@ fn real_main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the HTTP API on `listen` over the anomaly results of `hub`.
+/// Starts the HTTP API on `listen` over the anomaly results of `hub` and the engine's `ops`.
 fn start_api(
     listen: &str,
     hub: &Arc<AnomalyHub>,
+    ops: &Arc<OpsHub>,
     cfg: &Config,
 ) -> anyhow::Result<antispider::api::ApiHandle> {
     let handle = antispider::api::start(
         listen,
         antispider::api::ApiState {
             anomaly: hub.clone(),
+            ops: ops.clone(),
+            token: cfg.api.token().map(Arc::from),
+            token_env: cfg.api.token_env.clone(),
             utc_offset_minutes: cfg.output.utc_offset_minutes,
         },
     )?;

@@ -113,34 +113,49 @@ impl Monitor {
         t.queries = 0;
     }
 
-    /// When the period is over, publishes its records and starts the next (worker 0).
-    pub fn publish_due(&self, redis: &RedisSink) {
+    /// When the period is over: its counts, and the next period begins (worker 0 calls this).
+    pub fn take_due(&self) -> Option<FinishedPeriod> {
+        self.take(|p| p.since.elapsed().as_millis() >= self.interval_ms as u128)
+    }
+
+    /// The counts of the period so far, if it counted anything (at the end of a run).
+    pub fn take_rest(&self) -> Option<FinishedPeriod> {
+        self.take(|p| p.lines > 0 || p.queries > 0)
+    }
+
+    fn take(&self, due: impl FnOnce(&Period) -> bool) -> Option<FinishedPeriod> {
         let done = {
-            let Ok(mut p) = self.period.lock() else {
-                return;
-            };
-            if p.since.elapsed().as_millis() < self.interval_ms as u128 {
-                return;
+            let mut p = self.period.lock().ok()?;
+            if !due(&p) {
+                return None;
             }
             std::mem::replace(&mut *p, Period::new())
         };
-        let end = now_ms();
-        let cost = (end - done.since_ms).max(0) as u64;
-        redis.publish_link_stats(
-            end,
-            &LinkStats {
-                servers_count_map: done.servers.clone(),
+        let end_ms = now_ms();
+        Some(FinishedPeriod {
+            end_ms,
+            cost_ms: (end_ms - done.since_ms).max(0) as u64,
+            links: LinkStats {
+                servers_count_map: done.servers,
                 active_num_map: done.active,
             },
-        );
+            lines: done.lines,
+            queries: done.queries,
+        })
+    }
+
+    /// Publishes a finished period's records to Redis.
+    pub fn publish(&self, redis: &RedisSink, done: &FinishedPeriod) {
+        let end = done.end_ms;
+        redis.publish_link_stats(end, &done.links);
         redis.publish_dataprocess(&MonitorRecord {
             end_time_ms: end,
             utc_offset_minutes: self.utc_offset_minutes,
             application_unique_name: format!("{}-dataprocess", self.app_name),
             application_id: self.app_name.clone(),
             source_count: done.lines,
-            cost_time_ms: cost,
-            servers_count_map: done.servers,
+            cost_time_ms: done.cost_ms,
+            servers_count_map: done.links.servers_count_map.clone(),
         });
         redis.publish_rulecompute(&MonitorRecord {
             end_time_ms: end,
@@ -148,9 +163,37 @@ impl Monitor {
             application_unique_name: format!("{}-rulecompute", self.app_name),
             application_id: self.app_name.clone(),
             source_count: done.queries,
-            cost_time_ms: cost,
+            cost_time_ms: done.cost_ms,
             servers_count_map: BTreeMap::new(),
         });
+    }
+}
+
+/// The counts of one finished period.
+#[derive(Debug)]
+pub struct FinishedPeriod {
+    /// Wall-clock end of the period, ms since the epoch.
+    pub end_ms: i64,
+    pub cost_ms: u64,
+    /// Per `server_addr`: requests of the period and the last `connections_active`.
+    pub links: LinkStats,
+    /// Lines dataprocess handled.
+    pub lines: u64,
+    /// Query requests the window took in.
+    pub queries: u64,
+}
+
+impl FinishedPeriod {
+    /// As the API shows it: the Redis record's two maps, with the period and its totals.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "end_time_ms": self.end_ms,
+            "period_ms": self.cost_ms,
+            "serversCountMap": self.links.servers_count_map,
+            "activeNumMap": self.links.active_num_map,
+            "lines": self.lines,
+            "queries": self.queries,
+        })
     }
 }
 

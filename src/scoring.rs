@@ -316,8 +316,8 @@ fn scoring_contexts<'s>(
 
 /// The blacklist: (flow id, IP) → decision, for every IP whose flow score is above threshold.
 ///
-/// `rule_list` is the flow rules as one sorted list, the one `gathered` holds: the IPs' hits
-/// ([`rule_hits_per_ip`]) are bits into it. Each changed hit record is scored in the join
+/// `rule_list` is the flow rules as one sorted list, the one the gather holds: the IPs'
+/// `rule_hits` ([`rule_hits_per_ip`]) are bits into it. Each changed hit record is scored in the join
 /// itself against its block partition's [`ScoringContext`] (the flow rules, and the levels of
 /// the busy /16 blocks). Most IPs hit nothing, so almost nothing leaves the join; a rule
 /// change re-scores every IP in the window at once, and a block crossing an `ipBlock`
@@ -327,7 +327,7 @@ fn scoring_contexts<'s>(
 /// holds: a busy /16 sends its IPs to no single worker, and no record crosses workers to be
 /// scored.
 pub fn blacklist<'s>(
-    gathered: Gathered<'s>,
+    rule_hits: Coll<'s, (IpAddr, RuleHits)>,
     rule_list: Coll<'s, Vec<FlowRule>>,
     block_levels: Coll<'s, (Block, i64)>,
 ) -> Coll<'s, ((String, IpAddr), Decision)> {
@@ -336,7 +336,7 @@ pub fn blacklist<'s>(
         "Arrange: ScoringContext (every worker)",
     );
     let hits = arranged_here(
-        rule_hits_per_ip(gathered).map(|(ip, hits)| (block_partition(&block_of(&ip)), (ip, hits))),
+        rule_hits.map(|(ip, hits)| (block_partition(&block_of(&ip)), (ip, hits))),
         "Arrange: Rule hits by partition",
     );
     hits.join_core(contexts, |_p, (ip, hits), context| {

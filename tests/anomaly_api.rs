@@ -3,67 +3,16 @@
 //! algorithms, ids and times; posted samples (`cat_resource`) are scored; bad requests are
 //! clear 400s; feedback and retraining are accepted.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use antispider::anomaly::gen::{generate, ServiceGenOptions};
 use antispider::anomaly::AnomalyHub;
-use antispider::api::{self, ApiState};
+use antispider::api::ApiState;
 use antispider::config::Config;
-use antispider::engine::{self, RunOptions};
 use serde_json::{json, Value};
 
-/// A minimal HTTP/1.1 client: one request per connection; returns (status, JSON body).
-fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    // The body may be chunked.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut r = rest;
-        loop {
-            let (len, tail) = r.split_once("\r\n").unwrap();
-            let n = usize::from_str_radix(len.trim(), 16).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            r = &tail[n + 2..];
-        }
-        out
-    } else {
-        rest.to_string()
-    };
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+mod support;
+use support::http::{call, wait_until, LiveEngine};
 
 #[test]
 fn cat_result_answers_with_ids_and_times() {
@@ -84,29 +33,17 @@ fn cat_result_answers_with_ids_and_times() {
     cfg.output.dir = dir.path().join("out");
     cfg.anomaly.samples_file = Some(samples);
     let hub = Arc::new(AnomalyHub::default());
-    let server = api::start(
-        "127.0.0.1:0",
+    let live = LiveEngine::start(
+        cfg,
         ApiState {
             anomaly: hub.clone(),
+            ops: Default::default(),
+            token: None,
+            token_env: "ANTISPIDER_API_TOKEN".into(),
             utc_offset_minutes: 480,
         },
-    )
-    .unwrap();
-    let addr = server.addr;
-    assert!(addr.ip().is_loopback());
-    let stop = Arc::new(AtomicBool::new(false));
-    let (s, h) = (stop.clone(), hub.clone());
-    let engine = std::thread::spawn(move || {
-        engine::run_with(
-            RunOptions {
-                config: cfg,
-                live: true,
-                progress: false,
-            },
-            s,
-            h,
-        )
-    });
+    );
+    let addr = live.addr;
 
     let (status, health) = call(addr, "GET", "/health", "");
     assert_eq!(status, 200, "{health}");
@@ -265,8 +202,7 @@ fn cat_result_answers_with_ids_and_times() {
     );
     assert_eq!(status, 400);
 
-    stop.store(true, Ordering::Relaxed);
-    let summary = engine.join().unwrap().unwrap();
+    let (server, summary) = live.stop();
     assert_eq!(summary.counters.lines_read, 0);
     // The store outlives the engine: the API still answers.
     let (status, v) = query("kmeans", start, end);

@@ -656,23 +656,37 @@ pub fn fold_parts<'a>(input: impl IntoIterator<Item = (&'a Part, isize)>) -> Opt
     (ind.ip > 0).then_some(ind)
 }
 
+/// The requests in the window: each from its tick to `W` later (see [`window`]).
+pub struct Windowed<'s> {
+    /// What the indicators need of each request.
+    pub records: Coll<'s, WinRecord>,
+    /// Each request's line by its hash, for the critical-page rules.
+    pub request_lines: Coll<'s, (u64, String)>,
+}
+
+/// Puts the processed requests (at their tick) in the window.
+pub fn windowed<'s>(events: Coll<'s, WinEvent>, spec: WindowSpec) -> Windowed<'s> {
+    Windowed {
+        request_lines: window(events.clone().map(|e| (e.request_hash, e.request)), spec),
+        records: window(events.map(|e| WinRecord::from(&e)), spec),
+    }
+}
+
 /// The indicators of every IP in the window (all but 7) as [`Part`]s for [`gather`], and
 /// the requests per /16 block (indicator 7).
 ///
-/// * `events`: processed requests at their tick (not yet windowed);
+/// * `window`: the requests in the window ([`windowed`]);
 /// * `critical_rules`: `(rule id, regex)` rows of `nh_query_critical_pages`;
 /// * `interval_thresholds`: the distinct `arg0` (ms) of the running flows' rule 4.
 pub fn indicators<'s>(
-    events: Coll<'s, WinEvent>,
+    window: Windowed<'s>,
     critical_rules: Coll<'s, (i64, String)>,
     interval_thresholds: Coll<'s, i64>,
-    spec: WindowSpec,
 ) -> (Coll<'s, (GatherKey, Part)>, RequestsPerBlock<'s>) {
-    let request_lines = window(events.clone().map(|e| (e.request_hash, e.request)), spec);
-    let events = window(events.map(|e| WinRecord::from(&e)), spec);
+    let events = window.records;
     let critical = critical_events(
         events.clone(),
-        request_lines,
+        window.request_lines,
         critical_rules,
         interval_thresholds,
     );

@@ -4,19 +4,42 @@
 //! One feed per process, polled by worker 0; every worker picks up a new version with
 //! [`RuleFeed::newer_than`], so a MySQL change flag is taken once, not once per worker.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::mysql::MysqlRuleFeed;
-use super::{RuleTables, RuleWatcher};
+use super::{edit, RuleTables, RuleWatcher};
 use crate::config::Config;
 use crate::sink::redis::RedisChangeFlags;
 
 enum Origin {
-    Dir(Option<RuleWatcher>),
+    Dir {
+        dir: PathBuf,
+        watcher: Option<RuleWatcher>,
+    },
     Mysql(MysqlRuleFeed),
+}
+
+/// Why a rule edit was refused.
+#[derive(Debug)]
+pub enum EditError {
+    /// The table name or its rows are wrong (the message says which and how).
+    Invalid(String),
+    /// The tables come from MySQL: edits go there.
+    NotHere(String),
+    /// The rule file could not be written.
+    Io(String),
+}
+
+impl std::fmt::Display for EditError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EditError::Invalid(m) | EditError::NotHere(m) | EditError::Io(m) => f.write_str(m),
+        }
+    }
 }
 
 pub struct RuleFeed {
@@ -69,7 +92,10 @@ impl RuleFeed {
         }
         let tables = RuleTables::load_dir(dir)?;
         Ok(RuleFeed {
-            origin: Mutex::new(Origin::Dir(cfg.rules.watch.then(|| RuleWatcher::new(dir)))),
+            origin: Mutex::new(Origin::Dir {
+                dir: dir.clone(),
+                watcher: cfg.rules.watch.then(|| RuleWatcher::new(dir)),
+            }),
             current: RwLock::new((0, Arc::new(tables))),
             name: dir.display().to_string(),
         })
@@ -91,8 +117,10 @@ impl RuleFeed {
     /// An error leaves the previous tables in force and is returned for the log.
     pub fn poll(&self) -> anyhow::Result<()> {
         let news = match &mut *self.origin.lock().expect("rule feed lock") {
-            Origin::Dir(Some(w)) => w.poll(),
-            Origin::Dir(None) => None,
+            Origin::Dir {
+                watcher: Some(w), ..
+            } => w.poll(),
+            Origin::Dir { watcher: None, .. } => None,
             Origin::Mysql(f) => f.poll(),
         };
         match news {
@@ -104,5 +132,62 @@ impl RuleFeed {
                 Ok(())
             }
         }
+    }
+
+    /// Replaces table `name` (e.g. `nh_rule`) with `rows` (JSON, see [`edit::with_table`]):
+    /// checks the new tables as a load from files would, writes the table's rule file (its
+    /// comment header kept) and publishes the new version to every worker. Returns the
+    /// version and the table's row count.
+    pub fn replace_table(
+        &self,
+        name: &str,
+        rows: serde_json::Value,
+    ) -> Result<(u64, usize), EditError> {
+        let Some(file) = edit::file_of(name) else {
+            let names: Vec<&str> = edit::table_names().collect();
+            return Err(EditError::Invalid(format!(
+                "unknown rule table `{name}`; the tables are {}",
+                names.join(", ")
+            )));
+        };
+        // Edits and polls take turns: a poll never publishes tables older than an edit.
+        let mut origin = self.origin.lock().expect("rule feed lock");
+        let (dir, watcher) =
+            match &mut *origin {
+                Origin::Mysql(_) => return Err(EditError::NotHere(
+                    "the rule tables come from MySQL (`[mysql] rules = true`): edit them there; \
+                     the admin UI's Redis change flag makes the engine re-read them"
+                        .into(),
+                )),
+                Origin::Dir { dir, watcher } => (dir.clone(), watcher),
+            };
+        let (_, current) = self.current();
+        let new = edit::with_table(&current, file, rows)
+            .map_err(|e| EditError::Invalid(format!("{name}: {e:#}")))?;
+        new.validate(&dir)
+            .map_err(|e| EditError::Invalid(format!("{e:#}")))?;
+        crate::dataprocess::DataRules::compile(&new.filter, &new.classify, &new.analyze)
+            .map_err(|e| EditError::Invalid(format!("{name}: {e:#}")))?;
+
+        let path = dir.join(file);
+        let header = std::fs::read_to_string(&path)
+            .map(|t| edit::comment_header(&t))
+            .unwrap_or_default();
+        let text = edit::table_toml(&new, file, &header)
+            .map_err(|e| EditError::Invalid(format!("{e:#}")))?;
+        // Written whole under another name, then renamed: a reader never sees half a file.
+        let tmp = dir.join(format!(".{file}.edit"));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| EditError::Io(format!("{}: cannot write: {e}", path.display())))?;
+        if let Some(w) = watcher {
+            w.mark_seen();
+        }
+        let rows = edit::table_json(&new, file)
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0);
+        let mut c = self.current.write().expect("rule feed lock");
+        *c = (c.0 + 1, Arc::new(new));
+        Ok((c.0, rows))
     }
 }

@@ -4,6 +4,7 @@
 //! of them; [`RuleWatcher`] notices edited files and yields the new snapshot, which the engine
 //! diffs into the dataflow's rule input collections (a changed row = retraction + insertion).
 
+pub mod edit;
 pub mod feed;
 pub mod load;
 pub mod mysql;
@@ -231,6 +232,11 @@ impl RuleWatcher {
                     .ok()
             })
             .collect()
+    }
+
+    /// Takes the files as they are now as seen (after the engine wrote one itself).
+    pub fn mark_seen(&mut self) {
+        self.stamps = self.read_stamps();
     }
 
     /// `Some(result)` when a file changed since the last poll: the new snapshot, or the error

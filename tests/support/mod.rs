@@ -5,6 +5,7 @@
 //! installs them. Add more servers as their own struct below (each self-contained).
 #![allow(dead_code)]
 
+pub mod http;
 pub mod tansu;
 
 use std::io::{Read, Write};
