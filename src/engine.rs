@@ -320,6 +320,7 @@ pub fn run_with(
             }
         }
     }
+    publish_sink_metrics(&shared);
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Summary {
         lines_per_sec: counters.lines_read as f64 / elapsed.max(1e-9),
@@ -630,6 +631,7 @@ fn worker_main(
     );
     // What this worker's counters had added to the metrics.
     let mut published = Counters::default();
+    let mut sinks_published = Instant::now();
     // With several processes: the workers' status and blacklist decisions to the other
     // processes (see `cluster`).
     let mut control = (shared.cluster.processes > 1).then(|| {
@@ -898,6 +900,10 @@ fn worker_main(
         }
 
         shared.ops.metrics.publish(&ingest.counters, &mut published);
+        if local_first && sinks_published.elapsed() >= Duration::from_millis(250) {
+            sinks_published = Instant::now();
+            publish_sink_metrics(shared);
+        }
         shared
             .ops
             .metrics
@@ -1055,6 +1061,47 @@ fn commit_offsets(
     );
     ingest.counters.kafka_commits += 1;
     Ok(())
+}
+
+/// The output sinks' own figures into the metrics (the first worker of each process).
+fn publish_sink_metrics(shared: &Shared) {
+    use crate::ops::metrics::SinkFigures;
+    let metrics = &shared.ops.metrics;
+    if let Some(r) = &shared.redis {
+        let s = r.stats();
+        metrics.sink(
+            "redis",
+            SinkFigures {
+                written: s.written,
+                dropped: s.dropped,
+                pending: s.pending,
+                reconnects: s.reconnects,
+            },
+        );
+    }
+    if let Some(m) = &shared.mysql {
+        let s = m.stats();
+        metrics.sink(
+            "mysql",
+            SinkFigures {
+                written: s.written,
+                dropped: s.dropped,
+                pending: s.pending,
+                reconnects: s.reconnects,
+            },
+        );
+    }
+    if let Some(k) = &shared.kafka {
+        metrics.sink(
+            "kafka",
+            SinkFigures {
+                written: k.stats.delivered.load(Ordering::Relaxed),
+                dropped: k.stats.failed.load(Ordering::Relaxed),
+                pending: k.pending().max(0) as u64,
+                reconnects: 0,
+            },
+        );
+    }
 }
 
 fn now_ms() -> i64 {

@@ -55,6 +55,21 @@ pub struct Metrics {
     pub tick_latency: Histogram,
     /// A decision's tick first seen → the decision written, seconds.
     pub decision_latency: Histogram,
+    /// Per output sink (`redis`, `mysql`, `kafka`): writes acknowledged, dropped (or failed),
+    /// waiting, and reconnections.
+    pub sink_written: Family<Label, Counter>,
+    pub sink_dropped: Family<Label, Counter>,
+    pub sink_pending: Family<Label, Gauge>,
+    pub sink_reconnects: Family<Label, Counter>,
+}
+
+/// What an output sink reports of itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinkFigures {
+    pub written: u64,
+    pub dropped: u64,
+    pub pending: u64,
+    pub reconnects: u64,
 }
 
 impl Default for Metrics {
@@ -135,8 +150,32 @@ impl Metrics {
             "A decision's tick first seen to the decision written",
             decision_latency.clone(),
         );
+        let sink_written = registered(
+            r,
+            "sink_written",
+            "Writes an output sink has delivered, by sink",
+        );
+        let sink_dropped = registered(
+            r,
+            "sink_dropped",
+            "Writes an output sink dropped or failed to deliver, by sink",
+        );
+        let sink_pending = registered(
+            r,
+            "sink_pending",
+            "Writes waiting in an output sink, by sink",
+        );
+        let sink_reconnects = registered(
+            r,
+            "sink_reconnects",
+            "Reconnections of an output sink, by sink",
+        );
         Metrics {
             registry,
+            sink_written,
+            sink_dropped,
+            sink_pending,
+            sink_reconnects,
             lines_read,
             lines_parsed,
             requests_filtered,
@@ -209,6 +248,25 @@ impl Metrics {
         *published = now.clone();
     }
 
+    /// The figures of output sink `sink`, as it counts them (one caller per process).
+    pub fn sink(&self, sink: &'static str, f: SinkFigures) {
+        let label = [("sink", sink)];
+        for (family, now) in [
+            (&self.sink_written, f.written),
+            (&self.sink_dropped, f.dropped),
+            (&self.sink_reconnects, f.reconnects),
+        ] {
+            let counter = family.get_or_create(&label);
+            let before = counter.get();
+            if now > before {
+                counter.inc_by(now - before);
+            }
+        }
+        self.sink_pending
+            .get_or_create(&label)
+            .set(f.pending.min(i64::MAX as u64) as i64);
+    }
+
     /// The gauges the dataflow keeps at the window's size.
     pub fn window_gauges(&self) -> WindowGauges {
         WindowGauges {
@@ -262,6 +320,34 @@ mod tests {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn sink_figures_become_counters_and_a_gauge() {
+        let m = Metrics::new();
+        let f = SinkFigures {
+            written: 5,
+            dropped: 1,
+            pending: 3,
+            reconnects: 0,
+        };
+        m.sink("redis", f);
+        m.sink(
+            "redis",
+            SinkFigures {
+                written: 7,
+                pending: 0,
+                ..f
+            },
+        );
+        let text = m.render();
+        for line in [
+            "antispider_sink_written_total{sink=\"redis\"} 7",
+            "antispider_sink_dropped_total{sink=\"redis\"} 1",
+            "antispider_sink_pending{sink=\"redis\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
     }
 
     #[test]
