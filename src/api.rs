@@ -7,7 +7,7 @@
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
-//! | `GET /health` | | `{"status":"ok","completed_ms":…,"results":…}` |
+//! | `GET /health` | | `{"status":"ok","engine_running":…,"completed_ms":…,"results":…}` |
 //! | `GET /metrics` | | Prometheus metrics (OpenMetrics text), see [`crate::ops::metrics`] |
 //! | `GET /blacklist[?flow_id=F]` | | `{"count","entries":[…]}`: the (flow, IP) pairs on the blacklist now |
 //! | `GET /explain/{ip}` | | the IP's indicators and, per flow, each rule's value, hit and the score |
@@ -255,7 +255,12 @@ async fn health(State(s): State<ApiState>) -> Json<Value> {
         .anomaly
         .completed_ms
         .load(std::sync::atomic::Ordering::Relaxed);
-    Json(json!({"status": "ok", "completed_ms": completed, "results": results}))
+    Json(json!({
+        "status": "ok",
+        "engine_running": s.ops.running(),
+        "completed_ms": completed,
+        "results": results,
+    }))
 }
 
 async fn cat_resource(State(s): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {

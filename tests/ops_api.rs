@@ -208,6 +208,10 @@ fn metrics_blacklist_explain_rule_edits_and_link_stats() {
     );
     let addr = live.addr;
 
+    wait_until("the engine to start", || {
+        call(addr, "GET", "/health", "").1["engine_running"] == true
+    });
+
     // Metrics: every line read, counted once per stage.
     wait_until("every line read", || {
         metric(&metrics(addr), "antispider_lines_read_total") == LINES as f64
@@ -382,8 +386,9 @@ fn metrics_blacklist_explain_rule_edits_and_link_stats() {
         ),
         c.decisions_remove as f64
     );
-    // Once the engine has stopped, explain says so.
+    // Once the engine has stopped, health and explain say so.
     let (status, v) = call(addr, "GET", &format!("/explain/{}", blacklisted[0]), "");
     assert_eq!(status, 503, "{v}");
+    assert_eq!(call(addr, "GET", "/health", "").1["engine_running"], false);
     server.shutdown();
 }

@@ -86,6 +86,14 @@ impl OpsHub {
         self.explains_pending.store(0, Ordering::Release);
     }
 
+    /// Whether an engine runs in this process now.
+    pub fn running(&self) -> bool {
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     /// The live rule feed, while the engine runs.
     pub fn rules(&self) -> Option<Arc<RuleFeed>> {
         let engine = self.engine.read().unwrap_or_else(|p| p.into_inner());
@@ -112,11 +120,10 @@ impl OpsHub {
             });
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.explains
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(ExplainRequest { ip, worker, reply });
-        self.explains_pending.fetch_add(1, Ordering::AcqRel);
+        let mut all = self.explains.lock().unwrap_or_else(|p| p.into_inner());
+        all.push(ExplainRequest { ip, worker, reply });
+        // Under the lock, so the count never says less than the inbox holds.
+        self.explains_pending.store(all.len(), Ordering::Release);
         Ok(answer)
     }
 
