@@ -22,7 +22,7 @@
 //!
 //! Errors are HTTP 400 (422 never) with `{"detail": "...", "error": 1}`; a refused rule edit
 //! is 401 (no or wrong token), 403 (edits are off: no token configured) or 409 (the rules
-//! come from MySQL); explain is 404 for an IP held by another process of a cluster and 503
+//! come from MySQL, or this is not process 0 of a cluster); explain is 404 for an IP held by another process of a cluster and 503
 //! while no engine runs.
 //!
 //! In a cluster every process serves its own share: the blacklist entries decided by its
@@ -577,6 +577,16 @@ async fn edit_rule_table(
         )
     })?;
     let feed = rule_feed(&s)?;
+    if let Some((process, processes)) = s.ops.place().filter(|(p, _)| *p != 0) {
+        return Err(Refused(
+            StatusCode::CONFLICT,
+            format!(
+                "this is process {process} of {processes}: the rule tables enter the dataflow \
+                 from process 0, so edit them through process 0's API (and keep rules/ the same \
+                 on every machine)"
+            ),
+        ));
+    }
     match feed.replace_table(&table, rows) {
         Ok((version, rows)) => {
             tracing::info!("api: rule table {table} replaced ({rows} rows), version {version}");

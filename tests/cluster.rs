@@ -28,6 +28,21 @@ fn run_ok(args: &[&str]) -> String {
     stderr
 }
 
+/// `antispider gen` output of `lines` lines over `minutes` minutes, in `dir`.
+fn generated_log(dir: &Path, lines: u64, minutes: u64) -> PathBuf {
+    let log = dir.join("traffic.cs.log");
+    run_ok(&[
+        "gen",
+        "--lines",
+        &lines.to_string(),
+        "--minutes",
+        &minutes.to_string(),
+        "-o",
+        log.to_str().unwrap(),
+    ]);
+    log
+}
+
 /// Two ports on 127.0.0.1 that were free a moment ago.
 fn free_ports() -> [u16; 2] {
     let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -90,16 +105,7 @@ fn start_cluster(
 #[test]
 fn processes_with_different_worker_counts_refuse_to_start_and_say_why() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("traffic.cs.log");
-    run_ok(&[
-        "gen",
-        "--lines",
-        "2000",
-        "--minutes",
-        "2",
-        "-o",
-        log.to_str().unwrap(),
-    ]);
+    let log = generated_log(dir.path(), 2_000, 2);
     let out = dir.path().join("out");
     let (ok0, err0, ok1, err1) = start_cluster(dir.path(), &log, &out, [1, 2]);
     assert!(!ok0 && !ok1, "process 0:\n{err0}\nprocess 1:\n{err1}");
@@ -247,4 +253,143 @@ fn a_bad_hostfile_is_an_error_naming_it() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("engine.process (2)"), "{stderr}");
+}
+
+/// The operations API of a live 2-process cluster: every process answers explain for the IPs
+/// its workers hold and names the other process for the rest; rule edits go through process
+/// 0 (the one whose tables the dataflow reads) and are refused, with the reason, elsewhere.
+#[test]
+fn a_live_cluster_routes_explain_and_rule_edits() {
+    use support::http::{call, call_with, wait_until};
+    let dir = tempfile::tempdir().unwrap();
+    let log = generated_log(dir.path(), 20_000, 10);
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    for f in antispider::rules::ALL_FILES {
+        std::fs::copy(rules_dir().join(f), rules.join(f)).unwrap();
+    }
+    let config = dir.path().join("live.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nkind = \"file\"\npath = {:?}\nformat = \"cs\"\nfollow = true\n\
+             [rules]\ndir = {:?}\n[output]\nprint_decisions = false\n[api]\nenabled = true\n",
+            log, rules
+        ),
+    )
+    .unwrap();
+    let [t0, t1] = free_ports();
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, format!("127.0.0.1:{t0}\n127.0.0.1:{t1}\n")).unwrap();
+    let api = free_ports();
+    let mut procs = Children(
+        (0..2)
+            .map(|p| {
+                Command::new(bin())
+                    .args(["run", "--config", config.to_str().unwrap()])
+                    .args(["-w", "1", "-n", "2", "-p", &p.to_string(), "-h"])
+                    .arg(&hostfile)
+                    .env("ANTISPIDER__API__LISTEN", format!("127.0.0.1:{}", api[p]))
+                    .env(
+                        "ANTISPIDER__OUTPUT__DIR",
+                        dir.path().join(format!("out{p}")),
+                    )
+                    .env("ANTISPIDER_API_TOKEN", "tok")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let addrs: Vec<std::net::SocketAddr> = api
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+        .collect();
+    let lines_read = |a| {
+        let (status, text) = call_with(a, "GET", "/metrics", &[], "");
+        (status == 200)
+            .then(|| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("antispider_lines_read_total "))
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .flatten()
+            .unwrap_or(0.0)
+    };
+    wait_until("both processes to read their share", || {
+        std::net::TcpStream::connect(addrs[0]).is_ok()
+            && std::net::TcpStream::connect(addrs[1]).is_ok()
+            && lines_read(addrs[0]) + lines_read(addrs[1]) == 20_000.0
+    });
+
+    // IPs of the log: each is explained by exactly one process, and the other names it.
+    let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    let ips: BTreeSet<&str> = text
+        .lines()
+        .rev()
+        .flat_map(|l| l.split("#CS#"))
+        .filter(|f| f.parse::<std::net::IpAddr>().is_ok())
+        .take(200)
+        .collect();
+    assert!(ips.len() > 10);
+    let mut held = [0, 0];
+    for ip in &ips {
+        let answers: Vec<(u16, serde_json::Value)> = addrs
+            .iter()
+            .map(|a| call(*a, "GET", &format!("/explain/{ip}"), ""))
+            .collect();
+        let owner = answers.iter().position(|(s, _)| *s == 200);
+        let Some(owner) = owner else {
+            panic!("no process explains {ip}: {answers:?}");
+        };
+        held[owner] += 1;
+        let (status, other) = &answers[1 - owner];
+        assert_eq!(*status, 404, "{ip}: {other}");
+        assert!(
+            other["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("of process {owner}")),
+            "{other}"
+        );
+    }
+    assert!(held[0] > 0 && held[1] > 0, "IPs spread over both: {held:?}");
+
+    // Rule edits: refused on process 1, taken on process 0.
+    let body = r#"[{"id":"flow-anticrawler-1","crawler_blacklist_thresholds":25.0,"occ_blacklist_thresholds":100.0}]"#;
+    let auth = [("Authorization", "Bearer tok")];
+    let (status, answer) = call_with(addrs[1], "PUT", "/rules/nh_strategy", &auth, body);
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.contains("process 0"), "{answer}");
+    let (status, answer) = call_with(addrs[0], "PUT", "/rules/nh_strategy", &auth, body);
+    assert_eq!(status, 200, "{answer}");
+
+    for p in &procs.0 {
+        let _ = Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in &mut procs.0 {
+        while p.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not stop on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Child processes killed when the test ends, also when it fails.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

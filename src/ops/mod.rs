@@ -94,6 +94,14 @@ impl OpsHub {
             .is_some()
     }
 
+    /// This process's place in the cluster (`process`, `processes`), while the engine runs.
+    pub fn place(&self) -> Option<(usize, usize)> {
+        let engine = self.engine.read().unwrap_or_else(|p| p.into_inner());
+        engine
+            .as_ref()
+            .map(|r| (r.cluster.process, r.cluster.processes))
+    }
+
     /// The live rule feed, while the engine runs.
     pub fn rules(&self) -> Option<Arc<RuleFeed>> {
         let engine = self.engine.read().unwrap_or_else(|p| p.into_inner());
