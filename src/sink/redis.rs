@@ -813,11 +813,16 @@ impl Worker {
             return;
         }
         let now = now_ms();
-        let live = self
+        // A key with a write pending is written by the next flush: restoring it too would
+        // count it as lost (at a fresh start, the first decisions are in the backup already).
+        let live: Vec<_> = self
             .backup
             .as_ref()
             .map(|b| b.live(now))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| !self.dirty.contains_key(&r.key))
+            .collect();
         let mut restored = 0u64;
         for chunk in live.chunks(BATCH) {
             let mut p = redis::pipe();
