@@ -13,7 +13,7 @@
 //! | `GET /explain/{ip}` | | the IP's indicators and, per flow, each rule's value, hit and the score |
 //! | `GET /rules[/{table}]` | | `{"version","source","tables":{…}}` or `{"table","version","rows"}` |
 //! | `PUT /rules/{table}` | `[rows]` or `{"rows":[…]}`; `Authorization: Bearer <token>` | `{"table","rows","version"}` |
-//! | `GET /link_stats` | | the last period's requests and active connections per `server_addr` |
+//! | `GET /link_stats` | | requests and active connections per `server_addr`: the last period and since the start |
 //! | `POST /api_v1/nt_app/cat_resource` | `{"appid","response_time","request_count","fail_count"[,"create_time"]}` | `{"id"}` |
 //! | `POST /api_v1/nt_spark/cat_result` | `{"appid","start_time","end_time","algorithm_name"}` | per-sample results |
 //! | `POST /api_v1/nt_spark/feedback` | `{"id"` or `"appid","time"`, `"anomalous"` or `"label"}` | `{"id","anomalous","retrain"}` |
@@ -189,11 +189,7 @@ struct ApiError(String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"detail": self.0, "error": 1})),
-        )
-            .into_response()
+        Refused(StatusCode::BAD_REQUEST, self.0).into_response()
     }
 }
 
@@ -395,7 +391,8 @@ async fn models(State(s): State<ApiState>) -> Json<Value> {
     Json(json!({ "models": list }))
 }
 
-/// An error answer with its status and the original's error shape.
+/// An error answer with its status and the original's error shape (every error of the API,
+/// [`ApiError`] included, goes out through this).
 struct Refused(StatusCode, String);
 
 impl IntoResponse for Refused {
@@ -505,13 +502,9 @@ async fn rules(State(s): State<ApiState>) -> Result<Json<Value>, Refused> {
 
 fn table_file(table: &str) -> Result<&'static str, Refused> {
     crate::rules::edit::file_of(table).ok_or_else(|| {
-        let names: Vec<&str> = crate::rules::edit::table_names().collect();
         Refused(
             StatusCode::NOT_FOUND,
-            format!(
-                "unknown rule table `{table}`; the tables are {}",
-                names.join(", ")
-            ),
+            crate::rules::edit::unknown_table(table),
         )
     })
 }

@@ -1155,7 +1155,7 @@ fn emit_decisions(
     for d in blacklist::decisions(updates) {
         write_key_stores(shared, &d, offset);
         let json = blacklist::to_json(&d, offset, now_ms());
-        shared.ops.decided(&d, json.clone());
+        shared.ops.decided(&d, &json);
         match d.action {
             Action::Add => {
                 blacklisted.insert(d.entry.ip);

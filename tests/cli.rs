@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod support;
+use support::copy_rules;
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_antispider"));
     // The default `--rules rules` resolves against the crate root.
@@ -116,17 +119,6 @@ fn replay_fails(log: &Path, rules: &Path, out: &Path, expect: &[&str]) {
     let err = stderr(&o);
     for e in expect {
         assert!(err.contains(e), "error should name {e:?}: {err}");
-    }
-}
-
-fn copy_rules(to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(default_rules()).unwrap() {
-        let p = entry.unwrap().path();
-        // The rule tables are the .toml files; rules/mysql/ holds the schema.
-        if p.is_file() {
-            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-        }
     }
 }
 

@@ -264,10 +264,7 @@ fn a_live_cluster_routes_explain_and_rule_edits() {
     let dir = tempfile::tempdir().unwrap();
     let log = generated_log(dir.path(), 20_000, 10);
     let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    for f in antispider::rules::ALL_FILES {
-        std::fs::copy(rules_dir().join(f), rules.join(f)).unwrap();
-    }
+    support::copy_rules(&rules);
     let config = dir.path().join("live.toml");
     std::fs::write(
         &config,

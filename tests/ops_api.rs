@@ -175,11 +175,7 @@ fn metrics_blacklist_explain_rule_edits_and_link_stats() {
     gen::generate(&opts, &mut l, &mut t).unwrap();
     drop(l);
     let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    let repo_rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    for f in antispider::rules::ALL_FILES {
-        std::fs::copy(repo_rules.join(f), rules.join(f)).unwrap();
-    }
+    support::copy_rules(&rules);
 
     let mut cfg = Config::default();
     cfg.source.kind = SourceKind::File;

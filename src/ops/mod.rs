@@ -149,7 +149,7 @@ impl OpsHub {
 
     /// A decision was made (written now, or recomputed after a restart): the blacklist as the
     /// API shows it follows it. `json` is the decision's output line.
-    pub fn decided(&self, d: &DecisionEvent, mut json: Value) {
+    pub fn decided(&self, d: &DecisionEvent, json: &Value) {
         let key = (d.entry.flow_id.clone(), d.entry.ip);
         let mut list = self.blacklist.write().unwrap_or_else(|p| p.into_inner());
         match d.action {
@@ -157,6 +157,7 @@ impl OpsHub {
                 list.remove(&key);
             }
             Action::Add | Action::Update => {
+                let mut json = json.clone();
                 if let Some(o) = json.as_object_mut() {
                     o.remove("action");
                     o.remove("wall_time");

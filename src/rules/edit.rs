@@ -24,6 +24,15 @@ pub fn file_of(name: &str) -> Option<&'static str> {
         .find(|f| f.trim_end_matches(".toml") == name)
 }
 
+/// Why `name` is not a table: the message for an unknown table name, listing the tables.
+pub fn unknown_table(name: &str) -> String {
+    let names: Vec<&str> = table_names().collect();
+    format!(
+        "unknown rule table `{name}`; the tables are {}",
+        names.join(", ")
+    )
+}
+
 /// Expands `$arm!(field)` for the field of [`RuleTables`] that file `$file` holds, or
 /// `$unknown` for another file.
 macro_rules! by_file {

@@ -144,11 +144,7 @@ impl RuleFeed {
         rows: serde_json::Value,
     ) -> Result<(u64, usize), EditError> {
         let Some(file) = edit::file_of(name) else {
-            let names: Vec<&str> = edit::table_names().collect();
-            return Err(EditError::Invalid(format!(
-                "unknown rule table `{name}`; the tables are {}",
-                names.join(", ")
-            )));
+            return Err(EditError::Invalid(edit::unknown_table(name)));
         };
         // Edits and polls take turns: a poll never publishes tables older than an edit.
         let mut origin = self.origin.lock().expect("rule feed lock");
