@@ -95,6 +95,8 @@ ensure_tools() {
   ensure_apt redis-server redis-server
   ensure_apt mariadbd mariadb-server
   ensure_apt mariadb mariadb-client
+  # Tests stop servers and engine processes gracefully with kill(1) (SIGTERM, SIGINT).
+  ensure_apt kill procps
   # The Kafka-protocol broker for tests/connectors_kafka.rs: Tansu with in-memory storage
   # (the `dynostore` feature). The build takes 15-60 min on 2 cores, once.
   ensure_cargo_bin tansu tansu 0.6.0 --features dynostore
