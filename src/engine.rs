@@ -33,7 +33,7 @@ use crate::sink::kafka::{KafkaSink, Topic};
 use crate::sink::mysql::MysqlBlacklistSink;
 use crate::sink::redis::{blacklist_value, RedisSink};
 use crate::source::kafka::Position;
-use crate::source::{FileSource, KafkaSource, LineSource, Poll, RawLine};
+use crate::source::{FileSource, KafkaSource, LineSource, Poll, RawLine, SharedLog};
 
 /// Counts of what happened to the input, summed over workers.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -106,6 +106,8 @@ pub struct RunOptions {
 
 /// State shared by the workers of this process.
 struct Shared {
+    /// The log file (or stdin) this process reads, once for all its workers.
+    log: Option<Arc<SharedLog>>,
     blacklist: SharedFile,
     processed_query: BackgroundFile,
     processed_book: BackgroundFile,
@@ -114,8 +116,8 @@ struct Shared {
     /// This process's place in the cluster (one process: the only one).
     cluster: crate::cluster::Cluster,
     /// What the workers of the whole cluster know of each other: done reading and the final
-    /// tick, input times (followed by workers that have nothing to read: stdin is read by
-    /// worker 0; Kafka may have fewer partitions than workers), written decisions, re-reading
+    /// tick, input times (followed by workers that have nothing to read: stdin is read by the
+    /// first process; Kafka may have fewer partitions than workers), written decisions, re-reading
     /// after a restart (see `cluster`).
     view: Arc<crate::cluster::View>,
     lines_read: AtomicU64,
@@ -197,7 +199,21 @@ pub fn run_with(
         ProcessedFormat::Cs => "cs",
         ProcessedFormat::Json => "jsonl",
     };
+    let stdin = cfg.source.path == Path::new("-");
+    let log = if cfg.source.kind == SourceKind::Kafka
+        || cfg.source.path.as_os_str().is_empty()
+        || (stdin && cluster.process != 0)
+    {
+        None
+    } else {
+        let follow = cfg.source.follow && opts.live;
+        Some(
+            SharedLog::open(&cfg.source.path, follow, cluster.threads)
+                .with_context(|| format!("{}: cannot open log", cfg.source.path.display()))?,
+        )
+    };
     let shared = Arc::new(Shared {
+        log,
         blacklist: SharedFile::create(&cluster.output_path(out, "blacklist.jsonl"))?,
         processed_query: BackgroundFile::create(
             &cluster.output_path(out, &format!("processed_query.{ext}")),
@@ -672,29 +688,33 @@ fn worker_main(
     let mut last_watch = Instant::now();
 
     let stdin = cfg.source.kind != SourceKind::Kafka && cfg.source.path == Path::new("-");
-    let reader = !stdin || index == 0;
+    // Stdin is the first process's: its workers share it.
+    let reader = !stdin || shared.cluster.process_of(index) == 0;
     if !reader {
         shared.view.set_done(index, 0);
     }
-    let mut source = if !reader || cfg.source.path.as_os_str().is_empty() {
-        // An empty path: no log (service samples only).
-        None
-    } else if cfg.source.kind == SourceKind::Kafka {
+    let local = index % shared.cluster.threads;
+    let mut source = if cfg.source.kind == SourceKind::Kafka {
         let lookback = cfg.window.length_ms + cfg.window.allowed_lateness_ms + cfg.window.slide_ms;
         Some(Source::Kafka(KafkaSource::open(
             &cfg.kafka, index, peers, lookback,
         )?))
     } else {
-        let shard = if stdin { (0, 1) } else { (index, peers) };
-        Some(Source::File(
-            FileSource::open(
-                &cfg.source.path,
-                cfg.source.format,
+        // No log (service samples only, or stdin on another process): `log` is `None`.
+        let shard = if stdin {
+            (local, shared.cluster.threads)
+        } else {
+            (index, peers)
+        };
+        shared.log.as_ref().filter(|_| reader).map(|log| {
+            Source::File(FileSource::reading(
+                log.clone(),
+                local,
                 cfg.source.follow && live,
+                cfg.source.format,
                 shard,
-            )
-            .with_context(|| format!("{}: cannot open log", cfg.source.path.display()))?,
-        ))
+            ))
+        })
     };
     let mut replaying = true;
     // Offsets read (and the input time then), waiting for their outputs to be written.

@@ -1,127 +1,244 @@
 //! File and stdin source, optionally following a growing file (`tail -f`).
 //!
-//! With several workers, each worker opens the file itself and keeps every `peers`-th line
-//! (`line_no % peers == index`), so parsing is spread over the workers with no exchange.
+//! A process reads its log once ([`SharedLog`]): the first of its workers to need the next
+//! chunk reads it, and every worker of the process splits the same chunks into lines and keeps
+//! every `peers`-th (`line_no % peers == index`), so parsing is spread over the workers with no
+//! exchange, and no byte is read (copied out of the kernel) twice. Lines are slices of the
+//! chunk they were read into, not copies.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::{LineSource, Poll, RawLine};
 use crate::format::LogFormat;
 
 /// Longest line kept whole; longer lines are cut here and dead-lettered as oversize.
 const MAX_KEEP: usize = 1 << 20;
-/// Size of a newly allocated read buffer.
+/// Most bytes read from the file at once (one chunk).
 const READ_CHUNK: usize = 1 << 20;
-/// Most bytes asked of the file per read: the space is zeroed first, so a followed file polled
-/// every millisecond must not zero a whole chunk each time.
-const MAX_READ: usize = 128 << 10;
 
-pub struct FileSource {
+/// What a reader of the log gets next.
+#[derive(Clone)]
+enum Chunk {
+    /// The next bytes of the log.
+    Data(Arc<[u8]>),
+    /// A followed file was truncated or replaced (log rotation): what follows is the new
+    /// file from its start, and an unfinished line of the old one is dropped.
+    Rotated,
+}
+
+/// One log (a file or stdin) read once for all the workers of a process: chunks are kept
+/// until every worker has taken them.
+pub struct SharedLog {
+    state: Mutex<LogState>,
+}
+
+struct LogState {
     reader: Box<dyn Read + Send>,
-    /// Read and not yet taken: the lines handed out share this buffer's memory (a line is a
-    /// slice of the chunk it was read into, not a copy of its own).
-    pending: BytesMut,
-    /// How much of `pending` is known to hold no newline.
-    scanned: usize,
-    /// The rest of an oversize line (up to its newline) is being skipped.
-    skipping: bool,
+    /// `None` for stdin.
     path: Option<PathBuf>,
     follow: bool,
-    line_no: u64,
-    /// Bytes consumed so far (to notice truncation of a followed file).
+    /// Bytes read from the current file (to notice its truncation).
     offset: u64,
+    /// Read buffer, reused: the kernel copies into memory that is already mapped and warm,
+    /// and each chunk is allocated at the size that was read.
+    scratch: Vec<u8>,
+    /// Sequence number of `chunks[0]`.
+    first: u64,
+    chunks: VecDeque<Chunk>,
+    /// Per reader, the sequence number of the chunk it takes next.
+    next: Vec<u64>,
+}
+
+impl SharedLog {
+    /// Opens `path` (`-` = stdin) for `readers` readers (the workers of this process that
+    /// read it, numbered from 0).
+    pub fn open(path: &Path, follow: bool, readers: usize) -> std::io::Result<Arc<SharedLog>> {
+        let (reader, path): (Box<dyn Read + Send>, Option<PathBuf>) = if path == Path::new("-") {
+            (Box::new(std::io::stdin()), None)
+        } else {
+            (Box::new(File::open(path)?), Some(path.to_path_buf()))
+        };
+        Ok(Arc::new(SharedLog {
+            state: Mutex::new(LogState {
+                reader,
+                path,
+                follow,
+                offset: 0,
+                scratch: Vec::new(),
+                first: 0,
+                chunks: VecDeque::new(),
+                next: vec![0; readers.max(1)],
+            }),
+        }))
+    }
+
+    /// The next chunk for `reader`; `None` when nothing more is there now (at the end of a
+    /// file that is not followed: for good).
+    fn next(&self, reader: usize) -> std::io::Result<Option<Chunk>> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = s.next[reader];
+        let at = (seq - s.first) as usize;
+        let chunk = match s.chunks.get(at) {
+            Some(chunk) => chunk.clone(),
+            None => match s.read()? {
+                Some(chunk) => {
+                    s.chunks.push_back(chunk.clone());
+                    chunk
+                }
+                None => return Ok(None),
+            },
+        };
+        s.next[reader] += 1;
+        // Drop what every reader has taken.
+        let oldest = s.next.iter().copied().min().unwrap_or(0);
+        while s.first < oldest && s.chunks.pop_front().is_some() {
+            s.first += 1;
+        }
+        Ok(Some(chunk))
+    }
+}
+
+impl LogState {
+    /// Reads the next chunk from the log.
+    fn read(&mut self) -> std::io::Result<Option<Chunk>> {
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; READ_CHUNK];
+        }
+        let n = loop {
+            match self.reader.read(&mut self.scratch) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if n > 0 {
+            self.offset += n as u64;
+            return Ok(Some(Chunk::Data(Arc::from(&self.scratch[..n]))));
+        }
+        if self.follow && self.reopen_if_rotated()? {
+            return Ok(Some(Chunk::Rotated));
+        }
+        Ok(None)
+    }
+
+    /// Reopens a followed file that was truncated or replaced (log rotation).
+    fn reopen_if_rotated(&mut self) -> std::io::Result<bool> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len >= self.offset {
+            return Ok(false);
+        }
+        let mut f = File::open(path)?;
+        f.seek(SeekFrom::Start(0))?;
+        self.reader = Box::new(f);
+        self.offset = 0;
+        Ok(true)
+    }
+}
+
+/// One worker's lines of a [`SharedLog`].
+pub struct FileSource {
+    log: Arc<SharedLog>,
+    /// This worker's number among the readers of `log`.
+    reader: usize,
+    follow: bool,
+    /// The part of the current chunk not split into lines yet.
+    rest: Bytes,
+    /// The start of a line that began in an earlier chunk.
+    carry: BytesMut,
+    /// The rest of an oversize line (up to its newline) is being skipped.
+    skipping: bool,
+    line_no: u64,
     shard: (u64, u64),
     format: LogFormat,
 }
 
 impl FileSource {
-    /// Opens `path` (`-` = stdin). `shard = (index, peers)` selects this worker's lines.
+    /// Opens `path` (`-` = stdin) for one reader. `shard = (index, peers)` selects its lines.
     pub fn open(
         path: &Path,
         format: LogFormat,
         follow: bool,
         shard: (usize, usize),
     ) -> std::io::Result<FileSource> {
-        let (reader, path): (Box<dyn Read + Send>, Option<PathBuf>) = if path == Path::new("-") {
-            (Box::new(std::io::stdin()), None)
-        } else {
-            (Box::new(File::open(path)?), Some(path.to_path_buf()))
-        };
-        Ok(FileSource {
+        let log = SharedLog::open(path, follow, 1)?;
+        Ok(FileSource::reading(log, 0, follow, format, shard))
+    }
+
+    /// Reader number `reader` of `log` (opened with `follow`), keeping the lines of
+    /// `shard = (index, peers)`.
+    pub fn reading(
+        log: Arc<SharedLog>,
+        reader: usize,
+        follow: bool,
+        format: LogFormat,
+        shard: (usize, usize),
+    ) -> FileSource {
+        FileSource {
+            log,
             reader,
-            pending: BytesMut::new(),
-            scanned: 0,
-            skipping: false,
-            path,
             follow,
+            rest: Bytes::new(),
+            carry: BytesMut::new(),
+            skipping: false,
             line_no: 0,
-            offset: 0,
             shard: (shard.0 as u64, shard.1.max(1) as u64),
             format,
-        })
-    }
-
-    /// Reopens a followed file that was truncated or replaced (log rotation).
-    fn reopen_if_rotated(&mut self) -> std::io::Result<()> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        if len < self.offset {
-            let mut f = File::open(path)?;
-            f.seek(SeekFrom::Start(0))?;
-            self.reader = Box::new(f);
-            self.offset = 0;
-            self.pending.clear();
-            self.scanned = 0;
-            self.skipping = false;
         }
-        Ok(())
     }
 
-    /// Appends what the file has now to `pending`; 0 at its end. The read goes straight into
-    /// the buffer the lines are taken from: no copy of the line bytes between the two.
-    fn fill(&mut self) -> std::io::Result<usize> {
-        let start = self.pending.len();
-        if self.pending.capacity() - start < MAX_READ {
-            // Lines handed out still hold the old chunk: a new one is allocated, and only the
-            // unfinished line is copied into it.
-            self.pending.reserve(READ_CHUNK);
-        }
-        let room = (self.pending.capacity() - start).min(MAX_READ);
-        self.pending.resize(start + room, 0);
-        let read = loop {
-            match self.reader.read(&mut self.pending[start..]) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        self.pending.truncate(start + *read.as_ref().unwrap_or(&0));
-        read
-    }
-
-    /// Takes the first `len` bytes of `pending` as the next line: kept if it is this
-    /// worker's, dropped otherwise.
-    fn take_line(&mut self, len: usize, buf: &mut Vec<RawLine>, got: &mut usize) {
-        self.scanned = 0;
-        self.offset += len as u64;
+    /// Counts the next line; true if it is this worker's.
+    fn next_is_mine(&mut self) -> bool {
         self.line_no += 1;
-        if self.line_no % self.shard.1 == self.shard.0 {
-            let bytes = self.pending.split_to(len).freeze();
-            buf.push(RawLine {
-                no: self.line_no,
-                bytes,
-                format: self.format,
-                replay: false,
-                slot: 0,
-            });
-            *got += 1;
+        self.line_no % self.shard.1 == self.shard.0
+    }
+
+    fn keep(&self, bytes: Bytes, buf: &mut Vec<RawLine>) {
+        buf.push(RawLine {
+            no: self.line_no,
+            bytes,
+            format: self.format,
+            replay: false,
+            slot: 0,
+        });
+    }
+
+    /// Ends the line held in `carry` with the first `len` bytes of `rest`, keeping it if it
+    /// is this worker's. A line within one chunk is a slice of it, not a copy.
+    fn end_line(&mut self, len: usize, buf: &mut Vec<RawLine>) -> bool {
+        if !self.next_is_mine() {
+            self.carry.clear();
+            self.rest.advance(len);
+            return false;
+        }
+        let bytes = if self.carry.is_empty() {
+            self.rest.split_to(len)
         } else {
-            self.pending.advance(len);
+            self.carry.extend_from_slice(&self.rest[..len]);
+            self.rest.advance(len);
+            self.carry.split().freeze()
+        };
+        self.keep(bytes, buf);
+        true
+    }
+
+    /// End of what is there now. A followed file keeps an unfinished last line for later;
+    /// otherwise that is the last line.
+    fn at_end(&mut self, buf: &mut Vec<RawLine>, mut got: usize) -> Poll {
+        if !self.follow && !self.carry.is_empty() && !self.skipping {
+            got += usize::from(self.end_line(0, buf));
+        }
+        match got {
+            0 if self.follow => Poll::Idle,
+            0 => Poll::Eof,
+            _ => Poll::Data,
         }
     }
 }
@@ -130,59 +247,45 @@ impl LineSource for FileSource {
     fn poll(&mut self, buf: &mut Vec<RawLine>, max: usize) -> std::io::Result<Poll> {
         let mut got = 0;
         while got < max {
-            if self.skipping {
-                // The rest of an oversize line, through its newline, is dropped.
-                match memchr::memchr(b'\n', &self.pending) {
-                    Some(pos) => {
-                        self.pending.advance(pos + 1);
-                        self.offset += pos as u64 + 1;
+            if self.rest.is_empty() {
+                match self.log.next(self.reader)? {
+                    // A handle of this worker's own: the lines it splits off count their
+                    // references there, not on one counter that every worker's core updates.
+                    Some(Chunk::Data(chunk)) => self.rest = Bytes::from_owner(chunk),
+                    Some(Chunk::Rotated) => {
+                        self.carry.clear();
                         self.skipping = false;
                     }
-                    None => {
-                        self.offset += self.pending.len() as u64;
-                        self.pending.clear();
-                        if self.fill()? == 0 {
-                            return self.at_end(buf, got);
-                        }
-                    }
+                    None => return Ok(self.at_end(buf, got)),
                 }
                 continue;
             }
-            // A line is whole when its newline is within the first MAX_KEEP + 1 bytes.
-            let window = self.pending.len().min(MAX_KEEP + 1);
-            if let Some(pos) = memchr::memchr(b'\n', &self.pending[self.scanned..window]) {
-                self.take_line(self.scanned + pos + 1, buf, &mut got);
+            if self.skipping {
+                // The rest of an oversize line, through its newline, is dropped.
+                match memchr::memchr(b'\n', &self.rest) {
+                    Some(pos) => {
+                        self.rest.advance(pos + 1);
+                        self.skipping = false;
+                    }
+                    None => self.rest.clear(),
+                }
                 continue;
             }
-            self.scanned = window;
-            if window > MAX_KEEP {
+            // A line is whole when its newline is within its first MAX_KEEP + 1 bytes.
+            let room = (MAX_KEEP + 1 - self.carry.len()).min(self.rest.len());
+            if let Some(pos) = memchr::memchr(b'\n', &self.rest[..room]) {
+                got += usize::from(self.end_line(pos + 1, buf));
+            } else if self.carry.len() + room > MAX_KEEP {
                 // Oversize: keep the head (it will be dead-lettered), skip to the newline.
-                self.take_line(window, buf, &mut got);
+                got += usize::from(self.end_line(room, buf));
                 self.skipping = true;
-                continue;
-            }
-            if self.fill()? == 0 {
-                return self.at_end(buf, got);
+            } else {
+                // The line goes on in the next chunk.
+                self.carry.extend_from_slice(&self.rest);
+                self.rest.clear();
             }
         }
         Ok(Poll::Data)
-    }
-}
-
-impl FileSource {
-    /// End of what is there now. A followed file keeps an unterminated tail for later;
-    /// otherwise the tail is the last line.
-    fn at_end(&mut self, buf: &mut Vec<RawLine>, mut got: usize) -> std::io::Result<Poll> {
-        if self.follow {
-            self.reopen_if_rotated()?;
-        } else if !self.pending.is_empty() && !self.skipping {
-            self.take_line(self.pending.len(), buf, &mut got);
-        }
-        Ok(match got {
-            0 if self.follow => Poll::Idle,
-            0 => Poll::Eof,
-            _ => Poll::Data,
-        })
     }
 }
 
@@ -216,11 +319,10 @@ mod tests {
 
         w.write_all(b"unfinished").unwrap();
         assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Idle);
-        // Rotated: the file is shorter than what was read. It is read again from its start,
-        // and the unfinished tail of the old one is dropped.
+        // Rotated: the file is shorter than what was read. It is read again from its start
+        // at once, and the unfinished tail of the old one is dropped.
         std::fs::write(&p, "new\n").unwrap();
         buf.clear();
-        assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Idle);
         assert_eq!(f.poll(&mut buf, 100).unwrap(), Poll::Data);
         let lines: Vec<&[u8]> = buf.iter().map(|l| &l.bytes[..]).collect();
         assert_eq!(lines, [&b"new\n"[..]]);
@@ -269,5 +371,26 @@ mod tests {
             .map(|r| (r.no, r.bytes.to_vec()))
             .collect();
         assert_eq!(sharded, whole);
+
+        // The workers of a process read the file once: three readers of one shared log, taking
+        // turns, get the same lines as three separate readers, and the log keeps only the
+        // chunks some reader has not taken yet.
+        let log = SharedLog::open(&p, false, 3).unwrap();
+        let mut readers: Vec<FileSource> = (0..3)
+            .map(|k| FileSource::reading(log.clone(), k, false, LogFormat::Cs, (k, 3)))
+            .collect();
+        let mut shared: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut done = [false; 3];
+        while !done.iter().all(|d| *d) {
+            for (k, r) in readers.iter_mut().enumerate() {
+                let mut out = Vec::new();
+                done[k] = r.poll(&mut out, 40).unwrap() == Poll::Eof;
+                shared.extend(out.into_iter().map(|raw| (raw.no, raw.bytes.to_vec())));
+                let held = log.state.lock().unwrap().chunks.len();
+                assert!(held <= 3, "{held} chunks held");
+            }
+        }
+        shared.sort();
+        assert_eq!(shared, whole);
     }
 }

@@ -4,7 +4,7 @@
 pub mod file;
 pub mod kafka;
 
-pub use file::FileSource;
+pub use file::{FileSource, SharedLog};
 pub use kafka::KafkaSource;
 
 use crate::format::LogFormat;
