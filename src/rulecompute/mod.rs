@@ -205,26 +205,53 @@ pub fn window<'s, D: differential_dataflow::Data>(
     events: Coll<'s, D>,
     spec: WindowSpec,
 ) -> Coll<'s, D> {
+    window_with(events, spec, false)
+}
+
+/// [`window`] for records that repeat within a tick (the request lines: a few hundred pages
+/// and queries, requested many times a second): each tick's records are consolidated before
+/// they enter the window, so what comes after gets one insertion and one retraction per
+/// distinct record and tick, not per event. The insertions of a tick leave when the input
+/// frontier has passed it, as the arrangements downstream would take them.
+pub fn window_consolidated<'s, D: differential_dataflow::Data>(
+    events: Coll<'s, D>,
+    spec: WindowSpec,
+) -> Coll<'s, D> {
+    window_with(events, spec, true)
+}
+
+fn window_with<'s, D: differential_dataflow::Data>(
+    events: Coll<'s, D>,
+    spec: WindowSpec,
+    consolidate: bool,
+) -> Coll<'s, D> {
     use std::collections::BTreeMap;
     use timely::dataflow::channels::pact::Pipeline;
     use timely::dataflow::operators::generic::Operator;
     use timely::dataflow::operators::Capability;
 
     type Updates<D> = Vec<(D, Time, isize)>;
-    /// The retractions of one time: a capability for it, and the chunks (one per message
-    /// that held events of that tick, allocated to size and sent on as they are).
-    type Due<D> = (Capability<Time>, Vec<Updates<D>>);
-    /// Adds a chunk of retractions of time `at` to those due then.
+    /// The updates of one time: a capability for it, and the chunks (one per message that
+    /// held events of that tick, allocated to size).
+    type Held<D> = (Capability<Time>, Vec<Updates<D>>);
+    /// Adds a chunk of updates of time `at` to those held for it.
     fn stash<D>(
-        due: &mut BTreeMap<Time, Due<D>>,
+        held: &mut BTreeMap<Time, Held<D>>,
         capability: &Capability<Time>,
         at: Time,
         chunk: Updates<D>,
     ) {
-        due.entry(at)
+        held.entry(at)
             .or_insert_with(|| (capability.delayed(&at), Vec::new()))
             .1
             .push(chunk);
+    }
+    /// The retractions, `W` after `updates`.
+    fn expiring<D: Clone>(updates: &[(D, Time, isize)], w: Time) -> Updates<D> {
+        updates
+            .iter()
+            .map(|(e, t, r)| (e.clone(), t + w, -r))
+            .collect()
     }
 
     let w = spec.length_ms;
@@ -232,7 +259,9 @@ pub fn window<'s, D: differential_dataflow::Data>(
         .inner
         .unary_frontier(Pipeline, "Window", move |_capability, _info| {
             // Retractions not yet due, by their time, each time with its capability.
-            let mut due: BTreeMap<Time, Due<D>> = BTreeMap::new();
+            let mut due: BTreeMap<Time, Held<D>> = BTreeMap::new();
+            // Insertions not consolidated yet (`consolidate` only), by their time.
+            let mut pending: BTreeMap<Time, Held<D>> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|stamp, data| {
                     let Some(capability) = stamp.retain_least(0) else {
@@ -242,25 +271,37 @@ pub fn window<'s, D: differential_dataflow::Data>(
                     // tick, sized exactly.
                     let mut start = 0;
                     while start < data.len() {
-                        let expiry = data[start].1 + w;
-                        let len = data[start..]
-                            .iter()
-                            .take_while(|(_, t, _)| t + w == expiry)
-                            .count();
-                        let chunk: Updates<D> = data[start..start + len]
-                            .iter()
-                            .map(|(e, _, r)| (e.clone(), expiry, -r))
-                            .collect();
-                        stash(&mut due, &capability, expiry, chunk);
+                        let t = data[start].1;
+                        let len = data[start..].iter().take_while(|u| u.1 == t).count();
+                        let run = &data[start..start + len];
+                        if consolidate {
+                            stash(&mut pending, &capability, t, run.to_vec());
+                        } else {
+                            stash(&mut due, &capability, t + w, expiring(run, w));
+                        }
                         start += len;
                     }
-                    output.session(&capability).give_container(data);
+                    if !consolidate {
+                        output.session(&capability).give_container(data);
+                    }
                 });
+                // Every tick the input has passed: no more events of it can come.
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let t = *entry.key();
+                    let (capability, chunks) = entry.remove();
+                    let mut updates = chunks.concat();
+                    differential_dataflow::consolidation::consolidate_updates(&mut updates);
+                    stash(&mut due, &capability, t + w, expiring(&updates, w));
+                    output.session(&capability).give_container(&mut updates);
+                }
                 // Every input time before an expiry has passed: no later event can still be
                 // retracted earlier, so the retractions of that time go out now, together
                 // with that tick's own events. All that are due go under the earliest one's
                 // capability.
-                let mut released: Option<Due<D>> = None;
+                let mut released: Option<Held<D>> = None;
                 while let Some(entry) = due.first_entry() {
                     if frontier.less_than(entry.key()) {
                         break;
@@ -667,7 +708,10 @@ pub struct Windowed<'s> {
 /// Puts the processed requests (at their tick) in the window.
 pub fn windowed<'s>(events: Coll<'s, WinEvent>, spec: WindowSpec) -> Windowed<'s> {
     Windowed {
-        request_lines: window(events.clone().map(|e| (e.request_hash, e.request)), spec),
+        request_lines: window_consolidated(
+            events.clone().map(|e| (e.request_hash, e.request)),
+            spec,
+        ),
         records: window(events.map(|e| WinRecord::from(&e)), spec),
     }
 }
@@ -699,8 +743,13 @@ pub fn indicators<'s>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn window_retracts_at_expiry_and_not_before_the_input_gets_there() {
+    /// An update of the window's output, with the input frontier when it left the operator.
+    type Sent = ((&'static str, Time, isize), Time);
+
+    /// What a window of length 10 and slide 1 (`consolidated` or not) sends for `updates`
+    /// (`(record, time, diff)`, times ascending; each its own message, the dataflow stepped
+    /// after each), while the input then advances to 20 one tick at a time.
+    fn through_window(consolidated: bool, updates: Vec<(&'static str, Time, isize)>) -> Vec<Sent> {
         use std::cell::RefCell;
         use std::rc::Rc;
         use timely::dataflow::operators::{Inspect, Probe};
@@ -708,27 +757,33 @@ mod tests {
             length_ms: 10,
             slide_ms: 1,
         };
-        // (update, input frontier when the update left the window operator)
-        let seen = timely::execute_directly(move |worker| {
-            type Seen = Vec<((&'static str, Time, isize), Time)>;
-            let seen: Rc<RefCell<Seen>> = Rc::default();
+        timely::execute_directly(move |worker| {
+            let seen: Rc<RefCell<Vec<Sent>>> = Rc::default();
             let sink = seen.clone();
             let frontier_now = Rc::new(std::cell::Cell::new(0));
             let frontier_seen = frontier_now.clone();
             let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
                 use differential_dataflow::input::Input;
                 let (input, events) = scope.new_collection::<&'static str, isize>();
-                let probe = window(events, spec)
+                let windowed = if consolidated {
+                    window_consolidated(events, spec)
+                } else {
+                    window(events, spec)
+                };
+                let probe = windowed
                     .inner
                     .inspect(move |u| sink.borrow_mut().push((*u, frontier_seen.get())))
                     .probe()
                     .0;
                 (input, probe)
             });
-            input.advance_to(1);
-            input.insert("a");
-            input.advance_to(4);
-            input.insert("b");
+            for (record, t, r) in updates {
+                input.advance_to(t);
+                frontier_now.set(t);
+                input.update(record, r);
+                input.flush();
+                worker.step();
+            }
             for t in 5..=20 {
                 input.advance_to(t);
                 input.flush();
@@ -738,7 +793,12 @@ mod tests {
                 }
             }
             seen.take()
-        });
+        })
+    }
+
+    #[test]
+    fn window_retracts_at_expiry_and_not_before_the_input_gets_there() {
+        let seen = through_window(false, vec![("a", 1, 1), ("b", 4, 1)]);
         let updates: Vec<_> = seen.iter().map(|(u, _)| *u).collect();
         assert_eq!(
             updates,
@@ -748,6 +808,42 @@ mod tests {
         // in the batchers downstream, which would copy them at every tick).
         for ((_, t, r), frontier) in seen {
             if r < 0 {
+                assert_eq!(
+                    frontier, t,
+                    "retraction at {t} sent at input time {frontier}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_consolidated_window_sends_each_record_once_per_tick_after_the_tick() {
+        let seen = through_window(
+            true,
+            vec![
+                ("a", 1, 1),
+                ("b", 1, 1),
+                ("a", 1, 1),
+                ("a", 1, 1),
+                ("b", 1, -1),
+                ("c", 4, 1),
+            ],
+        );
+        let mut updates: Vec<_> = seen.iter().map(|(u, _)| *u).collect();
+        updates.sort_by_key(|(d, t, _)| (*t, *d));
+        // "b" came and went within its tick: it never enters the window.
+        assert_eq!(
+            updates,
+            vec![("a", 1, 3), ("c", 4, 1), ("a", 11, -3), ("c", 14, -1)]
+        );
+        // A tick leaves once the input has passed it, its retraction once the input is there.
+        for ((_, t, r), frontier) in seen {
+            if r > 0 {
+                assert!(
+                    frontier > t,
+                    "insertion at {t} sent at input time {frontier}"
+                );
+            } else {
                 assert_eq!(
                     frontier, t,
                     "retraction at {t} sent at input time {frontier}"
