@@ -694,19 +694,21 @@ fn worker_main(
         shared.view.set_done(index, 0);
     }
     let local = index % shared.cluster.threads;
-    let mut source = if cfg.source.kind == SourceKind::Kafka {
+    let mut source = if !reader || cfg.source.path.as_os_str().is_empty() {
+        // An empty path: no log (service samples only).
+        None
+    } else if cfg.source.kind == SourceKind::Kafka {
         let lookback = cfg.window.length_ms + cfg.window.allowed_lateness_ms + cfg.window.slide_ms;
         Some(Source::Kafka(KafkaSource::open(
             &cfg.kafka, index, peers, lookback,
         )?))
     } else {
-        // No log (service samples only, or stdin on another process): `log` is `None`.
         let shard = if stdin {
             (local, shared.cluster.threads)
         } else {
             (index, peers)
         };
-        shared.log.as_ref().filter(|_| reader).map(|log| {
+        shared.log.as_ref().map(|log| {
             Source::File(FileSource::reading(
                 log.clone(),
                 local,
@@ -861,7 +863,9 @@ fn worker_main(
             // Bound the backlog: do not read far ahead of what the dataflow has completed.
             let lag_limit = pipeline.time().saturating_sub(10 * slide.max(1000));
             while pipeline.probe.less_than(&lag_limit) {
-                worker.step();
+                // Waiting for the other workers: park (their messages wake it) rather than
+                // spin, leaving the core to the writer threads.
+                worker.step_or_park(Some(Duration::from_millis(1)));
             }
         }
         // Decisions wait until every worker of the cluster has finished re-reading what an
