@@ -1,10 +1,10 @@
 //! Benchmark tools (issue 5): the parse-only floor, and a fixed-rate feeder for the
 //! live-latency benchmark. Used by `antispider parse` and `antispider feed`.
 //!
-//! - [`parse_floor`] reads a log with `workers` threads, each reading the whole file and keeping
-//!   every `workers`-th line (`line_no % workers == index`, as the file source does), and parses
-//!   every kept line with [`parse_line`]; optionally runs [`dataprocess::process`] too. No
-//!   dataflow: this is the floor the full pipeline is compared with.
+//! - [`parse_floor`] reads a log with `workers` threads through the engine's file source (the
+//!   file read once, each thread keeping every `workers`-th line), and parses every kept line
+//!   with [`parse_line`]; optionally runs [`dataprocess::process`] too. No dataflow: this is the
+//!   floor the full pipeline is compared with.
 //! - [`feed`] appends the lines of a log to another file at a fixed rate, in batches every
 //!   millisecond, optionally rewriting each line's event time to the wall clock ([`retime`]).
 
@@ -49,8 +49,9 @@ pub struct FloorSummary {
     pub lines_per_sec: f64,
 }
 
-/// Reads and parses `path` with `workers` threads (each reads the whole file and keeps its
-/// `line_no % workers` share), optionally running `process` on every parsed record.
+/// Reads and parses `path` with `workers` threads (the file read once, each thread keeping its
+/// `line_no % workers` share, as the engine's workers do), optionally running `process` on every
+/// parsed record.
 pub fn parse_floor(
     path: &Path,
     format: LogFormat,
@@ -59,17 +60,21 @@ pub fn parse_floor(
     process: Option<&ProcessStage>,
 ) -> anyhow::Result<FloorSummary> {
     let workers = workers.max(1);
-    // Open every reader first, so a missing file is an error before any timing.
-    let files = (0..workers)
-        .map(|_| File::open(path).with_context(|| format!("{}: cannot open", path.display())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Open the file first, so a missing file is an error before any timing.
+    let log = crate::source::SharedLog::open(path, false, workers)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
     let start = Instant::now();
     let parts: Vec<io::Result<[u64; 5]>> = std::thread::scope(|s| {
-        let handles: Vec<_> = files
-            .into_iter()
-            .enumerate()
-            .map(|(index, f)| {
-                s.spawn(move || floor_worker(f, index, workers, format, &limits, process))
+        let handles: Vec<_> = (0..workers)
+            .map(|index| {
+                let source = crate::source::FileSource::reading(
+                    log.clone(),
+                    index,
+                    false,
+                    format,
+                    (index, workers),
+                );
+                s.spawn(move || floor_worker(source, &limits, process))
             })
             .collect();
         handles
@@ -110,48 +115,39 @@ pub fn parse_floor(
 
 /// One worker of [`parse_floor`]: `[lines, parsed, errors, filtered, processed]` of its share.
 fn floor_worker(
-    f: File,
-    index: usize,
-    peers: usize,
-    format: LogFormat,
+    mut source: crate::source::FileSource,
     limits: &ParseLimits,
     process: Option<&ProcessStage>,
 ) -> io::Result<[u64; 5]> {
-    let mut r = BufReader::with_capacity(1 << 20, f);
-    let mut line = Vec::with_capacity(4096);
-    let (index, peers) = (index as u64, peers as u64);
-    let mut line_no = 0u64;
+    use crate::source::{LineSource, Poll};
+    let mut lines = Vec::with_capacity(8192);
     let mut c = [0u64; 5];
     loop {
-        line.clear();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        // As the file source: numbered from 1, kept when `line_no % peers == index`.
-        line_no += 1;
-        if line_no % peers != index {
-            continue;
-        }
-        c[0] += 1;
-        match parse_line(format, &line, limits) {
-            Ok(rec) => {
-                c[1] += 1;
-                if let Some(p) = process {
-                    match dataprocess::process(&p.rules, &p.masker, &p.cookies, rec) {
-                        Outcome::Filtered => c[3] += 1,
-                        Outcome::Processed(d) => {
-                            c[4] += 1;
-                            std::hint::black_box(d);
+        let status = source.poll(&mut lines, 8192)?;
+        for raw in lines.drain(..) {
+            c[0] += 1;
+            match parse_line(raw.format, &raw.bytes, limits) {
+                Ok(rec) => {
+                    c[1] += 1;
+                    if let Some(p) = process {
+                        match dataprocess::process(&p.rules, &p.masker, &p.cookies, rec) {
+                            Outcome::Filtered => c[3] += 1,
+                            Outcome::Processed(d) => {
+                                c[4] += 1;
+                                std::hint::black_box(d);
+                            }
                         }
+                    } else {
+                        std::hint::black_box(rec);
                     }
-                } else {
-                    std::hint::black_box(rec);
                 }
+                Err(_) => c[2] += 1,
             }
-            Err(_) => c[2] += 1,
+        }
+        if status == Poll::Eof {
+            return Ok(c);
         }
     }
-    Ok(c)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -423,6 +419,29 @@ mod tests {
         let (mut log, mut truth) = (Vec::new(), Vec::new());
         generate(&o, &mut log, &mut truth).unwrap();
         log
+    }
+
+    #[test]
+    fn the_floor_reads_every_line_once_whatever_the_number_of_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.cs.log");
+        let log = sample(LogFormat::Cs, 5000);
+        std::fs::write(&path, &log).unwrap();
+        let lim = ParseLimits::default();
+        let lines = log.split(|&c| c == b'\n').filter(|l| !l.is_empty());
+        let errors = lines
+            .clone()
+            .filter(|l| parse_line(LogFormat::Cs, l, &lim).is_err())
+            .count() as u64;
+        assert!(errors > 0, "the sample has malformed lines");
+        for threads in [1, 3] {
+            let f = parse_floor(&path, LogFormat::Cs, threads, lim, None).unwrap();
+            assert_eq!(
+                (f.lines, f.errors, f.parsed),
+                (5000, errors, 5000 - errors),
+                "{threads} threads"
+            );
+        }
     }
 
     #[test]
