@@ -70,7 +70,6 @@ pub fn parse_floor(
                 let source = crate::source::FileSource::reading(
                     log.clone(),
                     index,
-                    false,
                     format,
                     (index, workers),
                 );

@@ -688,21 +688,14 @@ fn worker_main(
     let mut last_watch = Instant::now();
 
     let stdin = cfg.source.kind != SourceKind::Kafka && cfg.source.path == Path::new("-");
-    // Stdin is the first process's: its workers share it.
-    let reader = !stdin || shared.cluster.process_of(index) == 0;
+    // Stdin is the first process's (`run_with` opens it there only): its workers share it.
+    let reader = !stdin || shared.log.is_some();
     if !reader {
         shared.view.set_done(index, 0);
     }
     let local = index % shared.cluster.threads;
-    let mut source = if !reader || cfg.source.path.as_os_str().is_empty() {
-        // An empty path: no log (service samples only).
-        None
-    } else if cfg.source.kind == SourceKind::Kafka {
-        let lookback = cfg.window.length_ms + cfg.window.allowed_lateness_ms + cfg.window.slide_ms;
-        Some(Source::Kafka(KafkaSource::open(
-            &cfg.kafka, index, peers, lookback,
-        )?))
-    } else {
+    let mut source = if cfg.source.kind != SourceKind::Kafka {
+        // No log when the path is empty (service samples only).
         let shard = if stdin {
             (local, shared.cluster.threads)
         } else {
@@ -712,11 +705,17 @@ fn worker_main(
             Source::File(FileSource::reading(
                 log.clone(),
                 local,
-                cfg.source.follow && live,
                 cfg.source.format,
                 shard,
             ))
         })
+    } else if cfg.source.path.as_os_str().is_empty() {
+        None
+    } else {
+        let lookback = cfg.window.length_ms + cfg.window.allowed_lateness_ms + cfg.window.slide_ms;
+        Some(Source::Kafka(KafkaSource::open(
+            &cfg.kafka, index, peers, lookback,
+        )?))
     };
     let mut replaying = true;
     // Offsets read (and the input time then), waiting for their outputs to be written.

@@ -88,10 +88,7 @@ impl OpsHub {
 
     /// Whether an engine runs in this process now.
     pub fn running(&self) -> bool {
-        self.engine
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.place().is_some()
     }
 
     /// This process's place in the cluster (`process`, `processes`), while the engine runs.

@@ -261,29 +261,41 @@ fn window_with<'s, D: differential_dataflow::Data>(
             // Retractions not yet due, by their time, each time with its capability.
             let mut due: BTreeMap<Time, Held<D>> = BTreeMap::new();
             // Insertions not consolidated yet (`consolidate` only), by their time.
-            let mut pending: BTreeMap<Time, Held<D>> = BTreeMap::new();
+            let mut pending: BTreeMap<Time, (Capability<Time>, Updates<D>)> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|stamp, data| {
                     let Some(capability) = stamp.retain_least(0) else {
                         return;
                     };
+                    if consolidate {
+                        // Held (moved, not copied) until their tick is complete.
+                        let mut updates = data.drain(..).peekable();
+                        while let Some(first) = updates.next() {
+                            let t = first.1;
+                            let held = &mut pending
+                                .entry(t)
+                                .or_insert_with(|| (capability.delayed(&t), Vec::new()))
+                                .1;
+                            held.push(first);
+                            held.extend(std::iter::from_fn(|| updates.next_if(|u| u.1 == t)));
+                        }
+                        return;
+                    }
                     // The events of a message mostly share a tick: one chunk per run of a
                     // tick, sized exactly.
                     let mut start = 0;
                     while start < data.len() {
                         let t = data[start].1;
                         let len = data[start..].iter().take_while(|u| u.1 == t).count();
-                        let run = &data[start..start + len];
-                        if consolidate {
-                            stash(&mut pending, &capability, t, run.to_vec());
-                        } else {
-                            stash(&mut due, &capability, t + w, expiring(run, w));
-                        }
+                        stash(
+                            &mut due,
+                            &capability,
+                            t + w,
+                            expiring(&data[start..start + len], w),
+                        );
                         start += len;
                     }
-                    if !consolidate {
-                        output.session(&capability).give_container(data);
-                    }
+                    output.session(&capability).give_container(data);
                 });
                 // Every tick the input has passed: no more events of it can come.
                 while let Some(entry) = pending.first_entry() {
@@ -291,8 +303,7 @@ fn window_with<'s, D: differential_dataflow::Data>(
                         break;
                     }
                     let t = *entry.key();
-                    let (capability, chunks) = entry.remove();
-                    let mut updates = chunks.concat();
+                    let (capability, mut updates) = entry.remove();
                     differential_dataflow::consolidation::consolidate_updates(&mut updates);
                     stash(&mut due, &capability, t + w, expiring(&updates, w));
                     output.session(&capability).give_container(&mut updates);

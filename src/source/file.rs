@@ -35,6 +35,8 @@ enum Chunk {
 /// One log (a file or stdin) read once for all the workers of a process: chunks are kept
 /// until every worker has taken them.
 pub struct SharedLog {
+    /// A followed file (`tail -f`): its end is only the end of what is there now.
+    follow: bool,
     state: Mutex<LogState>,
 }
 
@@ -42,7 +44,6 @@ struct LogState {
     reader: Box<dyn Read + Send>,
     /// `None` for stdin.
     path: Option<PathBuf>,
-    follow: bool,
     /// Bytes read from the current file (to notice its truncation).
     offset: u64,
     /// Read buffer, reused: the kernel copies into memory that is already mapped and warm,
@@ -65,10 +66,10 @@ impl SharedLog {
             (Box::new(File::open(path)?), Some(path.to_path_buf()))
         };
         Ok(Arc::new(SharedLog {
+            follow,
             state: Mutex::new(LogState {
                 reader,
                 path,
-                follow,
                 offset: 0,
                 scratch: Vec::new(),
                 first: 0,
@@ -86,7 +87,7 @@ impl SharedLog {
         let at = (seq - s.first) as usize;
         let chunk = match s.chunks.get(at) {
             Some(chunk) => chunk.clone(),
-            None => match s.read()? {
+            None => match s.read(self.follow)? {
                 Some(chunk) => {
                     s.chunks.push_back(chunk.clone());
                     chunk
@@ -105,8 +106,8 @@ impl SharedLog {
 }
 
 impl LogState {
-    /// Reads the next chunk from the log.
-    fn read(&mut self) -> std::io::Result<Option<Chunk>> {
+    /// Reads the next chunk from the log (`follow`: see [`SharedLog`]).
+    fn read(&mut self, follow: bool) -> std::io::Result<Option<Chunk>> {
         if self.scratch.is_empty() {
             self.scratch = vec![0; READ_CHUNK];
         }
@@ -120,7 +121,7 @@ impl LogState {
             self.offset += n as u64;
             return Ok(Some(Chunk::Data(Arc::from(&self.scratch[..n]))));
         }
-        if self.follow && self.reopen_if_rotated()? {
+        if follow && self.reopen_if_rotated()? {
             return Ok(Some(Chunk::Rotated));
         }
         Ok(None)
@@ -148,7 +149,6 @@ pub struct FileSource {
     log: Arc<SharedLog>,
     /// This worker's number among the readers of `log`.
     reader: usize,
-    follow: bool,
     /// The part of the current chunk not split into lines yet.
     rest: Bytes,
     /// The start of a line that began in an earlier chunk.
@@ -161,30 +161,16 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    /// Opens `path` (`-` = stdin) for one reader. `shard = (index, peers)` selects its lines.
-    pub fn open(
-        path: &Path,
-        format: LogFormat,
-        follow: bool,
-        shard: (usize, usize),
-    ) -> std::io::Result<FileSource> {
-        let log = SharedLog::open(path, follow, 1)?;
-        Ok(FileSource::reading(log, 0, follow, format, shard))
-    }
-
-    /// Reader number `reader` of `log` (opened with `follow`), keeping the lines of
-    /// `shard = (index, peers)`.
+    /// Reader number `reader` of `log`, keeping the lines of `shard = (index, peers)`.
     pub fn reading(
         log: Arc<SharedLog>,
         reader: usize,
-        follow: bool,
         format: LogFormat,
         shard: (usize, usize),
     ) -> FileSource {
         FileSource {
             log,
             reader,
-            follow,
             rest: Bytes::new(),
             carry: BytesMut::new(),
             skipping: false,
@@ -232,11 +218,12 @@ impl FileSource {
     /// End of what is there now. A followed file keeps an unfinished last line for later;
     /// otherwise that is the last line.
     fn at_end(&mut self, buf: &mut Vec<RawLine>, mut got: usize) -> Poll {
-        if !self.follow && !self.carry.is_empty() && !self.skipping {
+        let follow = self.log.follow;
+        if !follow && !self.carry.is_empty() && !self.skipping {
             got += usize::from(self.end_line(0, buf));
         }
         match got {
-            0 if self.follow => Poll::Idle,
+            0 if follow => Poll::Idle,
             0 => Poll::Eof,
             _ => Poll::Data,
         }
@@ -294,18 +281,28 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// `path` read by one reader keeping the lines of `shard`.
+    fn open(path: &Path, follow: bool, shard: (usize, usize)) -> FileSource {
+        FileSource::reading(
+            SharedLog::open(path, follow, 1).unwrap(),
+            0,
+            LogFormat::Cs,
+            shard,
+        )
+    }
+
     #[test]
     fn shards_follows_and_reopens_a_rotated_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.log");
         std::fs::write(&p, "l1\nl2\nl3\nl4").unwrap();
-        let mut s = FileSource::open(&p, LogFormat::Cs, false, (1, 2)).unwrap();
+        let mut s = open(&p, false, (1, 2));
         let mut buf = Vec::new();
         assert_eq!(s.poll(&mut buf, 100).unwrap(), Poll::Data);
         let nums: Vec<u64> = buf.iter().map(|l| l.no).collect();
         assert_eq!(nums, vec![1, 3]);
 
-        let mut f = FileSource::open(&p, LogFormat::Cs, true, (0, 1)).unwrap();
+        let mut f = open(&p, true, (0, 1));
         let mut buf = Vec::new();
         f.poll(&mut buf, 100).unwrap();
         assert_eq!(buf.len(), 3, "the unterminated tail waits for its newline");
@@ -346,7 +343,7 @@ mod tests {
         }
         std::fs::write(&p, &text).unwrap();
         let read_all = |shard: (usize, usize)| {
-            let mut s = FileSource::open(&p, LogFormat::Cs, false, shard).unwrap();
+            let mut s = open(&p, false, shard);
             let mut out = Vec::new();
             while s.poll(&mut out, 64).unwrap() == Poll::Data {}
             out
@@ -377,7 +374,7 @@ mod tests {
         // chunks some reader has not taken yet.
         let log = SharedLog::open(&p, false, 3).unwrap();
         let mut readers: Vec<FileSource> = (0..3)
-            .map(|k| FileSource::reading(log.clone(), k, false, LogFormat::Cs, (k, 3)))
+            .map(|k| FileSource::reading(log.clone(), k, LogFormat::Cs, (k, 3)))
             .collect();
         let mut shared: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut done = [false; 3];
