@@ -12,7 +12,7 @@ use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
-use differential_dataflow::trace::implementations::ValSpine;
+use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
@@ -179,10 +179,10 @@ impl Pipeline {
     /// through `t`), with the exact indicator 7 of each IP's block.
     pub fn indicators_at(&mut self, t: Time) -> Vec<(IpAddr, Indicators)> {
         let blocks: std::collections::HashMap<_, _> =
-            live_at(&mut self.block_counts, t).into_iter().collect();
+            counts_at(&mut self.block_counts, t).into_iter().collect();
         let mut out = gathered_at(&mut self.gathered, None, t);
         for (ip, ind) in &mut out {
-            // Every worker holds every block's count (see `rulecompute::arrange_everywhere`).
+            // Every worker holds every block's count (see `rulecompute::block_indicator`).
             ind.ip_block = blocks
                 .get(&crate::rulecompute::block_of(ip))
                 .copied()
@@ -242,12 +242,11 @@ impl Pipeline {
             .pop()
             .map(|(_, ind)| ind)
             .unwrap_or_default();
-        ind.ip_block = value_at(
+        ind.ip_block = count_at(
             &mut self.block_counts,
             &crate::rulecompute::block_of(&ip),
             t,
-        )
-        .unwrap_or(0);
+        );
         ind
     }
 
@@ -272,28 +271,56 @@ impl Pipeline {
     }
 }
 
-/// The `(key, value)` pairs of a trace present at time `t`.
-fn live_at<K, V>(trace: &mut TraceAgent<ValSpine<K, V, Time, isize>>, t: Time) -> Vec<(K, V)>
+/// The keys of a trace whose multiplicities are counts (see [`rulecompute::BlockCountSpine`]),
+/// with their counts at time `t` (the positive ones).
+fn counts_at<K>(trace: &mut TraceAgent<KeySpine<K, Time, isize>>, t: Time) -> Vec<(K, i64)>
 where
     K: differential_dataflow::ExchangeData + Clone,
-    V: differential_dataflow::ExchangeData + Clone,
 {
     let mut out = Vec::new();
     let Some(batches) = trace.spans_through(Antichain::new().borrow()) else {
         return out;
     };
     let (mut cursor, storage) = cursor_list(batches.into_iter().filter_map(|b| b.inner).collect());
-    for ((k, v), times) in cursor.to_vec(&storage, |k| k.clone(), |v| v.clone()) {
-        let n: isize = times
-            .iter()
-            .filter(|(tt, _)| *tt <= t)
-            .map(|(_, r)| *r)
-            .sum();
+    while let Some(key) = cursor.get_key(&storage) {
+        let n = count_here(&mut cursor, &storage, t);
         if n > 0 {
-            out.push((k, v));
+            out.push((key.clone(), n));
         }
+        cursor.step_key(&storage);
     }
     out
+}
+
+/// The count of `key` at time `t` in a trace whose multiplicities are counts.
+fn count_at<K>(trace: &mut TraceAgent<KeySpine<K, Time, isize>>, key: &K, t: Time) -> i64
+where
+    K: differential_dataflow::ExchangeData,
+{
+    let Some(batches) = trace.spans_through(Antichain::new().borrow()) else {
+        return 0;
+    };
+    let (mut cursor, storage) = cursor_list(batches.into_iter().filter_map(|b| b.inner).collect());
+    cursor.seek_key(&storage, key);
+    if cursor.get_key(&storage) != Some(key) {
+        return 0;
+    }
+    count_here(&mut cursor, &storage, t)
+}
+
+/// The multiplicity at time `t` of the cursor's key (a key-only trace: its one value).
+fn count_here<C: Cursor<Time = Time, Diff = isize>>(
+    cursor: &mut C,
+    storage: &C::Storage,
+    t: Time,
+) -> i64 {
+    let mut n = 0isize;
+    cursor.map_times(storage, |tt, r| {
+        if C::owned_time(tt) <= t {
+            n += C::owned_diff(r);
+        }
+    });
+    n as i64
 }
 
 /// The value of `key` present at time `t` in a trace with one value per key.
@@ -425,13 +452,13 @@ pub fn build_with(
 
         let mut window = rulecompute::windowed(events, spec);
         window.records = count_into(window.records, gauges.events);
-        let (parts, per_block) = rulecompute::indicators(window, critical_rules, thresholds);
+        let (parts, blocks) = rulecompute::indicators(window, critical_rules, thresholds);
         // One sorted list, for the gather (rule hits are bits into it) and the scoring.
         let rule_list = rulecompute::one_list(flow_rules.clone(), "FlowRuleList");
         let gathered = rulecompute::gather(parts, rule_list.clone());
-        let block_counts = rulecompute::arrange_everywhere(per_block.clone());
-        let block_levels =
-            rulecompute::block_levels(per_block, scoring::block_thresholds(flow_rules.clone()));
+        let block =
+            rulecompute::block_indicator(blocks, scoring::block_thresholds(flow_rules.clone()));
+        let block_counts = block.counts;
         let mut gather_trace = gathered.trace.clone();
         gather_trace.set_physical_compaction(Antichain::new().borrow());
         let block_trace = block_counts.trace.clone();
@@ -440,7 +467,7 @@ pub fn build_with(
         let sink = decision_capture.clone();
         // One record per IP in the window: its rule hits.
         let rule_hits = count_into(scoring::rule_hits_per_ip(gathered), gauges.ips);
-        let (probe, _) = scoring::blacklist(rule_hits, rule_list, block_levels)
+        let (probe, _) = scoring::blacklist(rule_hits, rule_list, block.levels)
             .inner
             // To the worker that holds the IP's indicators, which explain the decision.
             .exchange(|(((_, ip), _), _, _): &(DecisionRow, Time, isize)| ip.hashed())

@@ -380,8 +380,9 @@ fn set_score(mut t: RuleTables, id: &str, score: i32) -> RuleTables {
     t
 }
 
-#[test]
-fn threshold_score_and_flow_status_changes_move_the_blacklist_at_once() {
+/// One flow with a rule of each kind and threshold 20, and two IPs in two /16 blocks: A (20
+/// queries 200 ms apart, score 23.75: blacklisted) and B (12 queries 2 s apart, 18.75: not).
+fn two_ips() -> (RuleTables, Vec<WinEvent>, IpAddr, IpAddr) {
     let mut base = defaults();
     base.process_info.retain(|p| p.id == FLOW);
     base.rule = vec![
@@ -405,6 +406,20 @@ fn threshold_score_and_flow_status_changes_move_the_blacklist_at_once() {
     for i in 0..12 {
         events.push(event(b, T0 + 1_000 + 2_000 * i, QUERY, 1, 6));
     }
+    (base, events, a, b)
+}
+
+/// The IPs in the live blacklist at tick `t`.
+fn members(blacklist: &[(BlacklistEntry, Time, isize)], t: Time) -> BTreeSet<IpAddr> {
+    live_blacklist(blacklist, t)
+        .into_keys()
+        .map(|(_, ip)| ip)
+        .collect()
+}
+
+#[test]
+fn threshold_score_and_flow_status_changes_move_the_blacklist_at_once() {
+    let (base, events, a, b) = two_ips();
     let lower = set_threshold(base.clone(), 18.0);
     let r3_weak = set_score(base.clone(), "r3", 1); // A: 16/80 · 100 = 20.0, not > 20
     let mut stopped = base.clone();
@@ -425,12 +440,7 @@ fn threshold_score_and_flow_status_changes_move_the_blacklist_at_once() {
             ticks: ticks.clone(),
             workers,
         });
-        let members = |t: Time| -> BTreeSet<IpAddr> {
-            live_blacklist(&o.blacklist, t)
-                .into_keys()
-                .map(|(_, ip)| ip)
-                .collect()
-        };
+        let members = |t: Time| members(&o.blacklist, t);
         let set = |ips: &[IpAddr]| ips.iter().copied().collect::<BTreeSet<_>>();
         assert_eq!(members(T0 + 25_000), set(&[a]));
         assert_eq!(members(T0 + 29_000), set(&[a]));
@@ -479,5 +489,67 @@ fn threshold_score_and_flow_status_changes_move_the_blacklist_at_once() {
         let mut ids = sa.hit_rule_ids.clone();
         ids.sort();
         assert_eq!(ids, ["r0", "r1", "r3"]);
+    }
+}
+
+/// An `ipBlock` threshold change re-levels the /16 blocks already in the window at once, and
+/// a block's count crossing the threshold as requests arrive and expire moves its IPs.
+#[test]
+fn ip_block_threshold_changes_move_the_blacklist_at_once() {
+    let (base, events, a, b) = two_ips();
+    let block_rule = |arg0: f64| {
+        let mut t = base.clone();
+        for r in t.rule.iter_mut().filter(|r| r.id == "r7") {
+            r.arg0 = OrdF64(arg0);
+        }
+        t
+    };
+    // B's /16 holds B's 12 requests (T0+1 s … T0+23 s) until the first expires at T0+62 s:
+    // over 10 it hits r7, (8+7+7)/80 · 100 = 27.5 > 20.
+    let changes = vec![(T0 + 30_000, block_rule(10.0)), (T0 + 40_000, base.clone())];
+    let ticks: Vec<Time> = (1..=80).map(|s| T0 + s * 1_000).collect();
+    let set = |ips: &[IpAddr]| ips.iter().copied().collect::<BTreeSet<_>>();
+    for workers in [1, 2] {
+        let run = |rules: RuleTables, rule_changes: Vec<(Time, RuleTables)>| {
+            harness::run(Scenario {
+                spec: W60,
+                rules,
+                rule_changes,
+                events: events.clone(),
+                ticks: ticks.clone(),
+                workers,
+            })
+        };
+        let o = run(base.clone(), changes.clone());
+        assert_eq!(members(&o.blacklist, T0 + 29_000), set(&[a]));
+        assert_eq!(
+            members(&o.blacklist, T0 + 30_000),
+            set(&[a, b]),
+            "ipBlock threshold 1500 → 10 adds B at once, {workers} workers"
+        );
+        let bl = live_blacklist(&o.blacklist, T0 + 35_000);
+        let entry = &bl[&(FLOW.to_string(), b)];
+        assert_eq!(entry.indicators.ip_block, 12, "the exact count explains it");
+        let mut ids = entry.decision.hit_rule_ids.clone();
+        ids.sort();
+        assert_eq!(ids, ["r0", "r1", "r7"]);
+        assert_eq!(
+            members(&o.blacklist, T0 + 40_000),
+            set(&[a]),
+            "threshold back to 1500 removes B at once, {workers} workers"
+        );
+
+        // With 10 in force throughout, B is in while its block has more than 10 requests:
+        // from its 11th (T0+21 s) until its second expires (T0+3 s + 60 s).
+        let o = run(block_rule(10.0), vec![]);
+        for t in &ticks {
+            let want = (T0 + 21_000..T0 + 63_000).contains(t);
+            assert_eq!(
+                members(&o.blacklist, *t).contains(&b),
+                want,
+                "B at tick {t} (T0 + {} s), {workers} workers",
+                (t - T0) / 1000
+            );
+        }
     }
 }

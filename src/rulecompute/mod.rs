@@ -12,20 +12,21 @@
 //! bucket) so the per-IP step reads at most W/10 s + 1 summaries, never every event of a hot
 //! IP.
 
+mod block;
 mod critical;
 mod intervals;
 mod total;
 
+pub use block::{block_indicator, block_level, BlockCountSpine, BlockCounts, BlockIndicator};
 pub use critical::critical_events;
 pub use intervals::{interval_parts, BucketSummary};
 pub use total::reduce_total;
 
 use std::net::IpAddr;
 
-use differential_dataflow::operators::{CountTotal, ThresholdTotal};
+use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::{AsCollection, VecCollection};
 
-use crate::rules::OrdF64;
 use serde::{Deserialize, Serialize};
 
 /// Event time and dataflow timestamp: milliseconds since the Unix epoch.
@@ -358,7 +359,7 @@ pub struct Indicators {
     /// 6 `flightQuery`: distinct (depCity, arrCity, flightDate) queried.
     pub flight_query: i64,
     /// 7 `ipBlock`: requests from the IP's /16. Not set by the gather: scoring uses the
-    /// block's [`block_level`] ([`block_levels`]); [`crate::dataflow::Pipeline::indicators_at`]
+    /// block's [`block_level`] ([`block`]); [`crate::dataflow::Pipeline::indicators_at`]
     /// and the blacklist entries carry the exact count.
     pub ip_block: i64,
 }
@@ -494,29 +495,16 @@ pub type CriticalEvent = (
 /// critical event to the interval buckets: inline for one flow's rule 4 and the built-in 0.
 pub type Thresholds = smallvec::SmallVec<[i64; 2]>;
 
-/// Requests per /16 block in the window, arranged by block: the exact indicator 7 that reports
-/// show (scoring sees [`block_levels`] instead).
-pub type BlockCountSpine =
-    differential_dataflow::trace::implementations::ValSpine<Block, i64, Time, isize>;
-pub type BlockCounts<'s> = differential_dataflow::operators::arrange::Arranged<
-    's,
-    differential_dataflow::operators::arrange::TraceAgent<BlockCountSpine>,
->;
-
-/// Requests per /16 block in the window (indicator 7).
-pub type RequestsPerBlock<'s> = Coll<'s, (Block, i64)>;
-
-/// Indicators 0, 2, 5 and 6 for every IP in the window as [`Part`]s, and the requests
-/// per /16 block (indicator 7).
+/// Indicators 0, 2, 5 and 6 for every IP in the window as [`Part`]s, and the /16 block of
+/// each request (for indicator 7, see [`block`]).
 ///
 /// Indicator 0 is the requests themselves as unit [`Part`]s (indicator 1 comes with the
 /// interval buckets). The distinct ones share one `distinct_total`, whose output (each
-/// distinct value once) is again a unit part per IP. Only the /16 blocks are counted by an
-/// operator; scoring reads them as [`block_levels`].
+/// distinct value once) is again a unit part per IP.
 pub fn count_indicators<'s>(
     events: Coll<'s, WinRecord>,
     critical: Coll<'s, CriticalEvent>,
-) -> (Coll<'s, (GatherKey, Part)>, RequestsPerBlock<'s>) {
+) -> (Coll<'s, (GatherKey, Part)>, Coll<'s, Block>) {
     let distinct = events
         .clone()
         .flat_map(|e| {
@@ -532,11 +520,7 @@ pub fn count_indicators<'s>(
         )
         .distinct_total();
 
-    let per_block = events
-        .clone()
-        .map(|e| block_of(&e.ip))
-        .count_total()
-        .map(|(b, n)| (b, n as i64));
+    let blocks = events.clone().map(|e| block_of(&e.ip));
 
     let parts = events
         .map(|e| (GatherKey::Ip(e.ip), Part::Request))
@@ -548,13 +532,7 @@ pub fn count_indicators<'s>(
             };
             (GatherKey::Ip(d.ip()), part)
         }));
-    (parts, per_block)
-}
-
-/// Arranges the block counts on every worker (a few thousand blocks; each changes at most
-/// once per tick), so that any worker can put the exact count next to its own IPs.
-pub fn arrange_everywhere(per_block: RequestsPerBlock<'_>) -> BlockCounts<'_> {
-    broadcast_arranged(per_block, "Arrange: BlockCounts (every worker)")
+    (parts, blocks)
 }
 
 /// A `(key, value)` collection arranged by key.
@@ -594,33 +572,6 @@ where
     V: differential_dataflow::ExchangeData,
 {
     arranged_here(broadcast_collection(updates), name)
-}
-
-/// The smallest value (≥ 0) that is above exactly the thresholds `count` is above, so that
-/// every rule `value > arg0` hits for it iff it hits for `count`.
-pub fn block_level(count: i64, thresholds: &[OrdF64]) -> i64 {
-    thresholds
-        .iter()
-        .filter(|a| count as f64 > a.0)
-        .map(|a| (a.0.floor() as i64).saturating_add(1))
-        .fold(0, i64::max)
-}
-
-/// Indicator 7 as scoring sees it: the [`block_level`] of each block whose level is above 0
-/// (any other block's level is 0) under `thresholds` (the `arg0` of the running `ipBlock`
-/// rules). A busy /16 changes its count at every tick; its level changes only when the
-/// count crosses a rule's threshold, so the IPs of the block are re-scored only then.
-pub fn block_levels<'s>(
-    per_block: RequestsPerBlock<'s>,
-    thresholds: Coll<'s, OrdF64>,
-) -> Coll<'s, (Block, i64)> {
-    let lists = list_per_partition(thresholds, "BlockThresholdList");
-    per_block
-        .map(|(b, n)| (block_partition(&b), (b, n)))
-        .join_core(lists, |_p, &(b, n), list| {
-            let level = block_level(n, list);
-            (level > 0).then_some((b, level))
-        })
 }
 
 /// The key of the gather arrangement: an IP's parts, or the flow rules its indicators are
@@ -674,7 +625,7 @@ pub fn gather<'s>(
 }
 
 /// A small collection on every worker (each holds all of it).
-fn broadcast_collection<'s, D: differential_dataflow::ExchangeData>(
+pub(crate) fn broadcast_collection<'s, D: differential_dataflow::ExchangeData>(
     rows: Coll<'s, D>,
 ) -> Coll<'s, D> {
     use timely::dataflow::operators::vec::Broadcast;
@@ -728,7 +679,7 @@ pub fn windowed<'s>(events: Coll<'s, WinEvent>, spec: WindowSpec) -> Windowed<'s
 }
 
 /// The indicators of every IP in the window (all but 7) as [`Part`]s for [`gather`], and
-/// the requests per /16 block (indicator 7).
+/// the /16 block of each request (for indicator 7, see [`block`]).
 ///
 /// * `window`: the requests in the window ([`windowed`]);
 /// * `critical_rules`: `(rule id, regex)` rows of `nh_query_critical_pages`;
@@ -737,7 +688,7 @@ pub fn indicators<'s>(
     window: Windowed<'s>,
     critical_rules: Coll<'s, (i64, String)>,
     interval_thresholds: Coll<'s, i64>,
-) -> (Coll<'s, (GatherKey, Part)>, RequestsPerBlock<'s>) {
+) -> (Coll<'s, (GatherKey, Part)>, Coll<'s, Block>) {
     let events = window.records;
     let critical = critical_events(
         events.clone(),
@@ -746,8 +697,8 @@ pub fn indicators<'s>(
         interval_thresholds,
     );
 
-    let (counts, per_block) = count_indicators(events, critical.clone());
-    (counts.concat(interval_parts(critical)), per_block)
+    let (counts, blocks) = count_indicators(events, critical.clone());
+    (counts.concat(interval_parts(critical)), blocks)
 }
 
 #[cfg(test)]
@@ -868,20 +819,5 @@ mod tests {
         // Every part of the gather arrangement is as large as the largest variant.
         let size = std::mem::size_of::<Part>();
         assert!(size <= 40, "Part is {size} bytes");
-    }
-
-    #[test]
-    fn block_level_hits_exactly_the_rules_the_count_hits() {
-        let thresholds = [OrdF64(-2.0), OrdF64(10.0), OrdF64(10.5), OrdF64(40.0)];
-        assert_eq!(block_level(5, &[]), 0);
-        for count in 1..60 {
-            let level = block_level(count, &thresholds);
-            assert!((0..=count).contains(&level), "{count} → {level}");
-            for a in &thresholds {
-                assert_eq!(level as f64 > a.0, count as f64 > a.0, "{count} vs {}", a.0);
-            }
-        }
-        // Counts between two thresholds share one level, so they do not re-score the IPs.
-        assert_eq!(block_level(12, &thresholds), block_level(39, &thresholds));
     }
 }
