@@ -93,10 +93,13 @@ impl Drop for Tansu {
 }
 
 /// Every message of `topic` (all partitions) as (key, payload), from the beginning up to the
-/// end-of-partition signal of every partition; a topic never written has none.
+/// end-of-partition signal of every partition and then [`QUIET`] without a message; a topic
+/// never written has none. Call it once the writers have flushed and stopped.
 ///
 /// Reads to the signal, not to the high watermark: Tansu 0.6 reports a stale one for
 /// ListOffsets (the base offset of the last batch), so `fetch_watermarks` would stop early.
+/// The quiet time guards against the same staleness in the signal: a message that arrives
+/// after a partition's signal takes it off the list of partitions at their end.
 pub fn read_topic_keyed(brokers: &str, topic: &str) -> Vec<(String, String)> {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -124,6 +127,8 @@ pub fn read_topic_keyed(brokers: &str, topic: &str) -> Vec<(String, String)> {
     }
     c.assign(&tpl).unwrap();
     let mut at_end = std::collections::BTreeSet::new();
+    // When every partition was last seen at its end with no message since.
+    let mut all_at_end_since: Option<Instant> = None;
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -133,21 +138,31 @@ pub fn read_topic_keyed(brokers: &str, topic: &str) -> Vec<(String, String)> {
             out.len()
         );
         match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => out.push((
-                String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap(),
-                String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
-            )),
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                all_at_end_since = None;
+                out.push((
+                    String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap(),
+                    String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
+                ));
+            }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);
-                if at_end.len() == partitions {
-                    return out;
-                }
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => {}
         }
+        if at_end.len() == partitions {
+            let since = *all_at_end_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= QUIET {
+                return out;
+            }
+        }
     }
 }
+
+/// How long [`read_topic_keyed`] waits for more messages once every partition is at its end.
+pub const QUIET: Duration = Duration::from_millis(1500);
 
 /// The payloads of [`read_topic_keyed`].
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<String> {
