@@ -250,7 +250,7 @@ pub fn rule_hits_per_ip<'s>(gathered: Gathered<'s>) -> Coll<'s, (IpAddr, RuleHit
 }
 
 /// What scores the IPs of one partition: the flow rules, and the level (indicator 7 as
-/// scoring sees it, see `rulecompute::block_levels`) of the partition's blocks whose level is
+/// scoring sees it, see `rulecompute::block_indicator`) of the partition's blocks whose level is
 /// above 0, sorted by block.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ScoringContext {
