@@ -12,7 +12,7 @@ use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
-use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
+use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
@@ -273,7 +273,7 @@ impl Pipeline {
 
 /// The keys of a trace whose multiplicities are counts (see [`rulecompute::BlockCountSpine`]),
 /// with their counts at time `t` (the positive ones).
-fn counts_at<K>(trace: &mut TraceAgent<KeySpine<K, Time, isize>>, t: Time) -> Vec<(K, i64)>
+fn counts_at<K>(trace: &mut TraceAgent<ValSpine<K, (), Time, isize>>, t: Time) -> Vec<(K, i64)>
 where
     K: differential_dataflow::ExchangeData + Clone,
 {
@@ -283,9 +283,9 @@ where
     };
     let (mut cursor, storage) = cursor_list(batches.into_iter().filter_map(|b| b.inner).collect());
     while let Some(key) = cursor.get_key(&storage) {
-        let n = count_here(&mut cursor, &storage, t);
+        let n = multiplicity_at(&mut cursor, &storage, t);
         if n > 0 {
-            out.push((key.clone(), n));
+            out.push((key.clone(), n as i64));
         }
         cursor.step_key(&storage);
     }
@@ -293,7 +293,7 @@ where
 }
 
 /// The count of `key` at time `t` in a trace whose multiplicities are counts.
-fn count_at<K>(trace: &mut TraceAgent<KeySpine<K, Time, isize>>, key: &K, t: Time) -> i64
+fn count_at<K>(trace: &mut TraceAgent<ValSpine<K, (), Time, isize>>, key: &K, t: Time) -> i64
 where
     K: differential_dataflow::ExchangeData,
 {
@@ -305,22 +305,22 @@ where
     if cursor.get_key(&storage) != Some(key) {
         return 0;
     }
-    count_here(&mut cursor, &storage, t)
+    multiplicity_at(&mut cursor, &storage, t) as i64
 }
 
-/// The multiplicity at time `t` of the cursor's key (a key-only trace: its one value).
-fn count_here<C: Cursor<Time = Time, Diff = isize>>(
+/// The multiplicity at time `t` of the cursor's current value.
+fn multiplicity_at<C: Cursor<Time = Time, Diff = isize>>(
     cursor: &mut C,
     storage: &C::Storage,
     t: Time,
-) -> i64 {
+) -> isize {
     let mut n = 0isize;
     cursor.map_times(storage, |tt, r| {
         if C::owned_time(tt) <= t {
             n += C::owned_diff(r);
         }
     });
-    n as i64
+    n
 }
 
 /// The value of `key` present at time `t` in a trace with one value per key.
@@ -341,13 +341,7 @@ where
     }
     let mut found = None;
     while let Some(v) = cursor.get_val(&storage) {
-        let mut n = 0isize;
-        cursor.map_times(&storage, |tt, r| {
-            if *tt <= t {
-                n += *r;
-            }
-        });
-        if n > 0 {
+        if multiplicity_at(&mut cursor, &storage, t) > 0 {
             found = Some(v.clone());
         }
         cursor.step_val(&storage);
@@ -377,12 +371,7 @@ fn gathered_at(trace: &mut GatherTrace, ip: Option<IpAddr>, t: Time) -> Vec<(IpA
         }
         parts.clear();
         while let Some(part) = cursor.get_val(&storage) {
-            let mut n = 0isize;
-            cursor.map_times(&storage, |tt, r| {
-                if *tt <= t {
-                    n += *r;
-                }
-            });
+            let n = multiplicity_at(&mut cursor, &storage, t);
             if n != 0 {
                 parts.push((part, n));
             }

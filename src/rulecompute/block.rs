@@ -35,7 +35,7 @@ enum BlockPart {
 /// multiplicity of a block accumulated up to a tick is its count at that tick (one update
 /// per changed block and tick, not a retraction and an insertion of its count).
 pub type BlockCountSpine =
-    differential_dataflow::trace::implementations::KeySpine<Block, Time, isize>;
+    differential_dataflow::trace::implementations::ValSpine<Block, (), Time, isize>;
 pub type BlockCounts<'s> = differential_dataflow::operators::arrange::Arranged<
     's,
     differential_dataflow::operators::arrange::TraceAgent<BlockCountSpine>,
@@ -85,8 +85,8 @@ pub fn block_indicator<'s>(
         BlockKey::Block(block) if level > 0 => Some((block, level)),
         _ => None,
     });
-    let counts = arranged_keys_here(
-        broadcast_collection(count_changes(counted)),
+    let counts = arranged_here(
+        broadcast_collection(count_changes(counted)).map(|block| (block, ())),
         "Arrange: BlockCounts (every worker)",
     );
     BlockIndicator { counts, levels }
@@ -118,18 +118,6 @@ fn count_changes<'s>(counted: Coll<'s, (BlockKey, (i64, i64))>) -> Coll<'s, Bloc
             }
         })
         .as_collection()
-}
-
-/// Arranges keys where they are (see [`arranged_here`]), their multiplicities the values.
-fn arranged_keys_here<'s>(keys: Coll<'s, Block>, name: &str) -> BlockCounts<'s> {
-    use differential_dataflow::operators::arrange::arrangement::arrange_core;
-    use differential_dataflow::trace::implementations::KeyBatcher;
-    arrange_core::<_, _, _, BlockCountSpine>(
-        keys.map(|block| (block, ())).inner,
-        Pipeline,
-        name,
-        KeyBatcher::<Block, Time, isize>::new,
-    )
 }
 
 /// The smallest value (≥ 0) that is above exactly the thresholds `count` is above, so that
