@@ -24,6 +24,7 @@ use crate::dataprocess::{self, CookieNames, DataRules, Masker, Outcome};
 use crate::deadletter::DeadLetter;
 use crate::event::{BehaviorType, ProcessedData};
 use crate::format::{parse_line, ParseLimits};
+use crate::opprof::Phase;
 use crate::rulecompute::{stable_hash, Indicators, Time, WinEvent, ABSENT, LATEST_EVENT_TIME_MS};
 use crate::rules::feed::RuleFeed;
 use crate::rules::{IpMatcher, RuleTables};
@@ -638,7 +639,7 @@ fn worker_main(
     let index = worker.index();
     let peers = worker.peers();
     let spec = cfg.window.spec();
-    let profile = crate::opprof::start(worker);
+    let mut profile = crate::opprof::start(worker);
     let mut pipeline = dataflow::build_with(
         worker,
         spec,
@@ -762,6 +763,7 @@ fn worker_main(
     let mut stepped_at: Time = 0;
 
     loop {
+        crate::opprof::lap(&mut profile, Phase::Other);
         // While the dataflow has work in flight, a poll must not block on the broker: this
         // worker's steps move the whole cluster's progress along.
         let busy = pipeline.completed() < pipeline.time();
@@ -786,6 +788,7 @@ fn worker_main(
                 k.note_event_time(&raw, t);
             }
         }
+        crate::opprof::lap(&mut profile, Phase::Ingest);
         if let (Some(m), Some(t)) = (&shared.monitor, ingest.tally.as_mut()) {
             m.merge(t);
             if let Some(done) = (index == 0).then(|| m.take_due()).flatten() {
@@ -858,7 +861,9 @@ fn worker_main(
         {
             unstepped = 0;
             stepped_at = pipeline.time();
+            crate::opprof::lap(&mut profile, Phase::Other);
             worker.step();
+            crate::opprof::lap(&mut profile, Phase::Step);
             // Bound the backlog: do not read far ahead of what the dataflow has completed.
             let lag_limit = pipeline.time().saturating_sub(10 * slide.max(1000));
             while pipeline.probe.less_than(&lag_limit) {
@@ -866,6 +871,7 @@ fn worker_main(
                 // spin, leaving the core to the writer threads.
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
+            crate::opprof::lap(&mut profile, Phase::Wait);
         }
         // Decisions wait until every worker of the cluster has finished re-reading what an
         // earlier run committed: then it is known which of them were written back then.
@@ -966,7 +972,9 @@ fn worker_main(
                 Some(Source::Kafka(_)) if busy => Duration::from_millis(2),
                 _ => Duration::from_millis(20),
             };
+            crate::opprof::lap(&mut profile, Phase::Other);
             worker.step_or_park(Some(park));
+            crate::opprof::lap(&mut profile, Phase::Wait);
         }
     }
 
@@ -1006,6 +1014,7 @@ fn worker_main(
     }
     anomaly.finish(&pipeline, final_tick)?;
     pipeline.shutdown(worker);
+    crate::opprof::lap(&mut profile, Phase::Other);
     drop(profile);
     Ok(WorkerResult {
         counters: ingest.counters,

@@ -169,21 +169,36 @@ impl AppRules {
 
     /// The app of a request: the appid of the first (lowest id) matching rule.
     pub fn app_of(&self, server_addr: &str, host: &str, request: &str) -> Option<&str> {
-        self.rules
-            .iter()
-            .find(|(r, re)| {
-                glob_match(&r.server_addr, server_addr)
-                    && glob_match(&r.host, host)
-                    && re.as_ref().is_none_or(|re| re.is_match(request))
-            })
-            .map(|(r, _)| r.appid.as_str())
+        self.rule_of(server_addr, host, request)
+            .map(|i| self.appid(i))
+    }
+
+    /// The position of the first (lowest id) rule matching a request.
+    fn rule_of(&self, server_addr: &str, host: &str, request: &str) -> Option<usize> {
+        self.rules.iter().position(|(r, re)| {
+            glob_match(&r.server_addr, server_addr)
+                && glob_match(&r.host, host)
+                && re.as_ref().is_none_or(|re| re.is_match(request))
+        })
+    }
+
+    /// The appid of the rule at `index` (from [`AppRules::request_by_rule`]).
+    pub fn appid(&self, index: usize) -> &str {
+        &self.rules[index].0.appid
     }
 
     /// The input of [`service_samples`] for one log record: `(appid, minute start ms,
     /// request_time µs, failed)`; `None` when no rule maps the record to an app. A record
     /// without `request_time` counts as a request of 0 µs; a failure is a status ≥ 500.
     pub fn request_of(&self, r: &LogRecord) -> Option<Request> {
-        let app = self.app_of(&r.server_addr, &r.host, &r.request)?;
+        let (rule, minute, us, failed) = self.request_by_rule(r)?;
+        Some((self.appid(rule).to_string(), minute, us, failed))
+    }
+
+    /// [`AppRules::request_of`] with the matching rule's position in place of its appid
+    /// ([`AppRules::appid`]): the per-line ingest sums requests by it without allocating.
+    pub fn request_by_rule(&self, r: &LogRecord) -> Option<(usize, u64, u64, bool)> {
+        let rule = self.rule_of(&r.server_addr, &r.host, &r.request)?;
         let minute = r.time_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
         let us = r
             .request_time
@@ -191,7 +206,7 @@ impl AppRules {
             .map(|t| (t * 1e6).round() as u64)
             .unwrap_or(0);
         let failed = r.status.is_some_and(|s| s >= 500);
-        Some((app.to_string(), minute.max(0) as u64, us, failed))
+        Some((rule, minute.max(0) as u64, us, failed))
     }
 }
 

@@ -13,7 +13,6 @@
 //! - the samples `((appid, minute), (sum µs, requests, failures))`;
 //! - the scored rows, one per live sample and model in force.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::input::InputSession;
@@ -118,7 +117,9 @@ pub struct ServiceInputs {
     /// Whether log requests are turned into samples.
     pub enabled: bool,
     live_ms: u64,
-    pending: HashMap<(String, u64), (u64, u64, u64)>,
+    /// Per (app rule's position in `app_rules`, minute): the sums of the requests read since
+    /// the last advance. Keyed by position, not appid: no string is built per request.
+    pending: foldhash::HashMap<(usize, u64), (u64, u64, u64)>,
     extra: Vec<Part>,
 }
 
@@ -137,13 +138,15 @@ impl ServiceInputs {
             app_rules: AppRules::default(),
             enabled: false,
             live_ms: 3_600_000,
-            pending: HashMap::new(),
+            pending: Default::default(),
             extra: Vec::new(),
         }
     }
 
     /// Sets the app rules, whether log requests count, and the live window.
     pub fn configure(&mut self, app_rules: AppRules, enabled: bool, live_ms: u64) {
+        // The pending sums name their apps by the current rules' positions.
+        self.flush_pending();
         self.app_rules = app_rules;
         self.enabled = enabled;
         self.live_ms = live_ms.max(1);
@@ -155,8 +158,8 @@ impl ServiceInputs {
         if !self.enabled {
             return;
         }
-        if let Some((app, minute, us, failed)) = self.app_rules.request_of(rec) {
-            let e = self.pending.entry((app, minute)).or_default();
+        if let Some((rule, minute, us, failed)) = self.app_rules.request_by_rule(rec) {
+            let e = self.pending.entry((rule, minute)).or_default();
             e.0 += us;
             e.1 += 1;
             e.2 += failed as u64;
@@ -181,10 +184,11 @@ impl ServiceInputs {
     /// schedules their retraction `live_ms` later.
     pub fn flush_pending(&mut self) {
         let now = *self.parts.time();
+        let apps = &self.app_rules;
         let parts = self
             .pending
             .drain()
-            .map(|((app, minute), (us, n, f))| (app, minute, us, n, f))
+            .map(|((rule, minute), (us, n, f))| (apps.appid(rule).to_string(), minute, us, n, f))
             .chain(self.extra.drain(..));
         for part in parts {
             let close = (part.1 + BUCKET_MS as u64).max(now);

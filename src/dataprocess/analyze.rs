@@ -544,11 +544,12 @@ fn raw_form_pairs(s: &str) -> impl DoubleEndedIterator<Item = (&str, &str)> {
 /// `form_urlencoded` copied three times over.
 fn decode_form_component(s: &str) -> Cow<'_, str> {
     let b = s.as_bytes();
-    if !b.iter().any(|c| matches!(c, b'+' | b'%')) {
+    let Some(first) = memchr::memchr2(b'+', b'%', b) else {
         return Cow::Borrowed(s);
-    }
+    };
     let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
+    out.extend_from_slice(&b[..first]);
+    let mut i = first;
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
@@ -570,10 +571,28 @@ fn decode_form_component(s: &str) -> Cow<'_, str> {
     })
 }
 
+/// The value of each byte as a hex digit, or [`NOT_HEX`].
+const HEX_DIGIT: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = match c as u8 {
+            d @ b'0'..=b'9' => d - b'0',
+            d @ b'a'..=b'f' => d - b'a' + 10,
+            d @ b'A'..=b'F' => d - b'A' + 10,
+            _ => NOT_HEX,
+        };
+        c += 1;
+    }
+    t
+};
+const NOT_HEX: u8 = 0xFF;
+
 /// The byte written as two hex digits at `b[at..at + 2]`, if they are there.
 fn hex_byte(b: &[u8], at: usize) -> Option<u8> {
-    let digit = |i: usize| b.get(i).and_then(|c| (*c as char).to_digit(16));
-    Some((digit(at)? * 16 + digit(at + 1)?) as u8)
+    let pair = b.get(at..at + 2)?;
+    let (hi, lo) = (HEX_DIGIT[pair[0] as usize], HEX_DIGIT[pair[1] as usize]);
+    (hi != NOT_HEX && lo != NOT_HEX).then_some(hi << 4 | lo)
 }
 
 /// Undoes nginx's `\xHH` escaping of logged bodies; `None` when there is none.
@@ -701,7 +720,11 @@ impl CompiledRule {
         flight: FlightType,
         referer_travel: TravelType,
     ) -> Parsed {
-        let m = |s: String| masker.mask(&s).into_owned();
+        // Moved, not copied, when clean (nearly always: a city code, a date).
+        let m = |s: String| match masker.mask(&s) {
+            Cow::Owned(o) => o,
+            Cow::Borrowed(_) => s,
+        };
         let scalar = |p: &FieldPath| m(doc.scalar(p));
         let list = |p: &FieldPath| doc.strings(p).into_iter().map(m).collect::<Vec<_>>();
         // ID numbers and phones in any format (spaces, passports, +86 …) are hashed.

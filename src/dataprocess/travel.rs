@@ -8,14 +8,17 @@ use crate::event::TravelType;
 /// The query is the part after the first `?` (up to a `#` fragment), split on `&`; a
 /// parameter's value is what follows its first `=`; parameters without `=` have no value.
 pub fn travel_type(referer: &str) -> TravelType {
-    let Some((_, query)) = referer.split_once('?') else {
+    // Bytes and memchr: this runs for every processed line, mostly on referers without `?`.
+    let b = referer.as_bytes();
+    let Some(q) = memchr::memchr(b'?', b) else {
         return TravelType::Unknown;
     };
-    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    let query = &b[q + 1..];
+    let query = memchr::memchr(b'#', query).map_or(query, |h| &query[..h]);
     let dates = query
-        .split('&')
-        .filter_map(|p| p.split_once('=').map(|(_, v)| v))
-        .filter(|v| is_date(v))
+        .split(|&c| c == b'&')
+        .filter_map(|p| memchr::memchr(b'=', p).map(|eq| &p[eq + 1..]))
+        .filter(|v| is_date_bytes(v))
         .count();
     match dates {
         1 => TravelType::OneWay,
@@ -27,7 +30,10 @@ pub fn travel_type(referer: &str) -> TravelType {
 /// `yyyy-MM-dd` with month 01–12 and day 01–31 (as the original's regex; the day is not
 /// checked against the month).
 pub fn is_date(v: &str) -> bool {
-    let b = v.as_bytes();
+    is_date_bytes(v.as_bytes())
+}
+
+fn is_date_bytes(b: &[u8]) -> bool {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return false;
     }
