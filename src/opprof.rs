@@ -27,19 +27,16 @@ pub enum Phase {
     Ingest,
     /// Stepping the dataflow for the lines fed.
     Step,
-    /// Stepping and parking until the dataflow has caught up (with the other workers too).
+    /// Stepping and parking until the dataflow has caught up (with the other workers too),
+    /// and the park at the end of an idle loop.
     /// Step plus wait, less the `Dataflow` operator's time, is how long the worker sat idle.
     Wait,
-    /// Everything else: decisions, rules, metrics, idle parks.
+    /// Everything else: decisions, rules, metrics.
     Other,
 }
 
-const PHASES: [(&str, Phase); 4] = [
-    ("ingest", Phase::Ingest),
-    ("step", Phase::Step),
-    ("wait", Phase::Wait),
-    ("other", Phase::Other),
-];
+/// The phases' names, in `Phase` order.
+const PHASE_NAMES: [&str; 4] = ["ingest", "step", "wait", "other"];
 
 /// Prints the totals when dropped.
 pub struct OperatorProfile {
@@ -108,8 +105,8 @@ impl Drop for OperatorProfile {
         let mut rows: Vec<_> = t.spent.iter().collect();
         rows.sort_by(|a, b| b.1.cmp(a.1));
         let mut report = format!("worker {} loop:", self.worker);
-        for (name, phase) in PHASES {
-            let spent = self.phases[phase as usize].as_secs_f64();
+        for (name, spent) in PHASE_NAMES.iter().zip(self.phases) {
+            let spent = spent.as_secs_f64();
             report.push_str(&format!(" {name} {spent:.3} s"));
         }
         report.push_str(&format!("\noperator time, worker {}:\n", self.worker));
