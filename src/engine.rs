@@ -301,9 +301,16 @@ pub fn run_with(
         p.finish_and_clear();
     }
     write_indicators(&shared.indicators_path, indicators)?;
-    if let Some(rest) = shared.monitor.as_ref().and_then(|m| m.take_rest()) {
-        // For the API, which may keep answering after the run (`replay --api`).
-        shared.ops.period_ended(&rest);
+    if let Some(m) = shared.monitor.as_ref() {
+        if let Some(rest) = m.take_rest() {
+            // The last, partial period: a run shorter than the interval publishes its
+            // counts too (the admin UI reads `_LAST`).
+            if let Some(redis) = &shared.redis {
+                m.publish(redis, &rest);
+            }
+            // For the API, which may keep answering after the run (`replay --api`).
+            shared.ops.period_ended(&rest);
+        }
     }
     shared.blacklist.flush()?;
     for f in [
