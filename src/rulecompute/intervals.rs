@@ -113,15 +113,14 @@ impl std::hash::Hash for IpBucket {
 
 /// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s).
 pub fn interval_parts<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (GatherKey, Part)> {
-    let by_bucket = critical
-        .map(|(ip, t, _, thresholds)| {
-            let key = IpBucket {
-                ip,
-                bucket: bucket_of(t),
-            };
-            (key, (t, thresholds))
-        })
-        .arrange_by_key_named("Arrange: IntervalBuckets");
+    let by_bucket = critical.map(|(ip, t, _, thresholds)| {
+        let key = IpBucket {
+            ip,
+            bucket: bucket_of(t),
+        };
+        (key, (t, thresholds))
+    });
+    let by_bucket = super::arranged_by_key(by_bucket, "Arrange: IntervalBuckets");
     super::reduce_total(by_bucket, "IntervalBuckets", None, |key, input, _| {
         // At any time every critical event carries the same thresholds.
         let thresholds = &input[0].0 .1;

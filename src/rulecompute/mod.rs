@@ -12,6 +12,7 @@
 //! bucket) so the per-IP step reads at most W/10 s + 1 summaries, never every event of a hot
 //! IP.
 
+mod batcher;
 mod block;
 mod critical;
 mod intervals;
@@ -517,8 +518,8 @@ pub fn count_indicators<'s>(
             critical
                 .clone()
                 .map(|(ip, _, c, _)| Distinct::new(ip, DistinctKind::CriticalCookie, c)),
-        )
-        .distinct_total();
+        );
+    let distinct = arranged_by_self(distinct, "Arrange: DistinctValues").distinct_total();
 
     let blocks = events.clone().map(|e| block_of(&e.ip));
 
@@ -552,13 +553,48 @@ where
     V: differential_dataflow::ExchangeData,
 {
     use differential_dataflow::operators::arrange::arrangement::arrange_core;
-    use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
+    use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
     use timely::dataflow::channels::pact::Pipeline;
     arrange_core::<_, _, _, ValSpine<K, V, Time, isize>>(
         updates.inner,
         Pipeline,
         name,
-        ValBatcher::<K, V, Time, isize>::new,
+        batcher::SortBatcher::<(K, V), ValBuilder<K, V, Time, isize>>::new,
+    )
+}
+
+/// Arranges by key, exchanged by the key's hash (differential's `arrange_by_key`, with the
+/// window's [`batcher::SortBatcher`]).
+pub fn arranged_by_key<'s, K, V>(updates: Coll<'s, (K, V)>, name: &str) -> ArrangedByKey<'s, K, V>
+where
+    K: differential_dataflow::ExchangeData + differential_dataflow::hashable::Hashable,
+    V: differential_dataflow::ExchangeData,
+{
+    use differential_dataflow::trace::implementations::ValBuilder;
+    updates.arrange_named(
+        name,
+        batcher::SortBatcher::<(K, V), ValBuilder<K, V, Time, isize>>::new,
+    )
+}
+
+/// A collection arranged by its records (no values).
+pub type ArrangedBySelf<'s, K> = differential_dataflow::operators::arrange::Arranged<
+    's,
+    differential_dataflow::operators::arrange::TraceAgent<
+        differential_dataflow::trace::implementations::KeySpine<K, Time, isize>,
+    >,
+>;
+
+/// Arranges records by themselves, exchanged by their hash (differential's
+/// `arrange_by_self`, with the window's [`batcher::SortBatcher`]).
+pub fn arranged_by_self<'s, K>(records: Coll<'s, K>, name: &str) -> ArrangedBySelf<'s, K>
+where
+    K: differential_dataflow::ExchangeData + differential_dataflow::hashable::Hashable,
+{
+    use differential_dataflow::trace::implementations::KeyBuilder;
+    records.map(|k| (k, ())).arrange_named(
+        name,
+        batcher::SortBatcher::<(K, ()), KeyBuilder<K, Time, isize>>::new,
     )
 }
 
