@@ -83,7 +83,8 @@ EOF
     "$BIN" feed "$SRC" --to "$OUT/live.log" --rate "$rate" --seconds "$SECONDS_PER_RUN" --retime 2> "$OUT/feed.txt"
   fi
   sleep 3
-  kill -INT "$(pgrep -P "$ENGINE" antispider || echo "$ENGINE")" 2>/dev/null || true
+  # The engine is the child of `time`, whatever the binary is named (ANTISPIDER_BIN).
+  kill -INT "$(pgrep -P "$ENGINE" || echo "$ENGINE")" 2>/dev/null || true
   wait "$ENGINE" || true
   [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null && wait "$BROKER_PID" 2>/dev/null || true
   echo "rate=$rate lines/s mode=$MODE seconds=$SECONDS_PER_RUN"
