@@ -13,7 +13,7 @@
 //! Should many updates pile up with the frontier standing still, they are consolidated into
 //! the kept updates every [`CONSOLIDATE_AT`] updates, as the merge batcher consolidates as it
 //! goes. The step-sized buffers are freed after each batch; the allocator keeps some of that
-//! memory for the next step, which shows as ~5 % more peak RSS in a replay (none with
+//! memory for the next step, which shows as 5–7 % more peak RSS in a replay (none with
 //! `MIMALLOC_PURGE_DELAY=0`).
 
 use std::marker::PhantomData;
