@@ -302,14 +302,10 @@ pub fn run_with(
     }
     write_indicators(&shared.indicators_path, indicators)?;
     if let Some(m) = shared.monitor.as_ref() {
+        // The last, partial period: a run shorter than the interval publishes its counts
+        // too (the admin UI reads `_LAST`, the API may keep answering: `replay --api`).
         if let Some(rest) = m.take_rest() {
-            // The last, partial period: a run shorter than the interval publishes its
-            // counts too (the admin UI reads `_LAST`).
-            if let Some(redis) = &shared.redis {
-                m.publish(redis, &rest);
-            }
-            // For the API, which may keep answering after the run (`replay --api`).
-            shared.ops.period_ended(&rest);
+            end_period(&shared, m, &rest);
         }
     }
     shared.blacklist.flush()?;
@@ -799,10 +795,7 @@ fn worker_main(
         if let (Some(m), Some(t)) = (&shared.monitor, ingest.tally.as_mut()) {
             m.merge(t);
             if let Some(done) = (index == 0).then(|| m.take_due()).flatten() {
-                if let Some(redis) = &shared.redis {
-                    m.publish(redis, &done);
-                }
-                shared.ops.period_ended(&done);
+                end_period(shared, m, &done);
             }
         }
 
@@ -1029,6 +1022,14 @@ fn worker_main(
         indicators,
         final_tick: (final_tick > 0).then_some(final_tick),
     })
+}
+
+/// A finished monitoring period to Redis (when configured) and to the operations API.
+fn end_period(shared: &Shared, m: &crate::monitor::Monitor, done: &crate::monitor::FinishedPeriod) {
+    if let Some(redis) = &shared.redis {
+        m.publish(redis, done);
+    }
+    shared.ops.period_ended(done);
 }
 
 /// The most event time one dataflow step spans on a bounded input (see `step_lines`).

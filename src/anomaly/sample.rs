@@ -167,7 +167,9 @@ impl AppRules {
         Ok(AppRules { rules })
     }
 
-    /// The app of a request: the appid of the first (lowest id) matching rule.
+    /// The app of a request: the appid of the first (lowest id) matching rule. (The ingest
+    /// reads the rule's position instead, [`AppRules::request_by_rule`].)
+    #[cfg(test)]
     pub fn app_of(&self, server_addr: &str, host: &str, request: &str) -> Option<&str> {
         self.rule_of(server_addr, host, request)
             .map(|i| self.appid(i))
@@ -190,6 +192,8 @@ impl AppRules {
     /// The input of [`service_samples`] for one log record: `(appid, minute start ms,
     /// request_time µs, failed)`; `None` when no rule maps the record to an app. A record
     /// without `request_time` counts as a request of 0 µs; a failure is a status ≥ 500.
+    /// (The ingest sums by rule position, [`AppRules::request_by_rule`].)
+    #[cfg(test)]
     pub fn request_of(&self, r: &LogRecord) -> Option<Request> {
         let (rule, minute, us, failed) = self.request_by_rule(r)?;
         Some((self.appid(rule).to_string(), minute, us, failed))

@@ -31,6 +31,15 @@ const CONSOLIDATE_AT: usize = 1 << 20;
 
 type Update<D> = (D, Time, isize);
 
+/// The batcher of a `(key, value)` arrangement (differential's `ValBatcher`).
+pub type ValSortBatcher<K, V> = SortBatcher<
+    (K, V),
+    differential_dataflow::trace::implementations::ValBuilder<K, V, Time, isize>,
+>;
+/// The batcher of a key-only arrangement (differential's `KeyBatcher`).
+pub type KeySortBatcher<K> =
+    SortBatcher<(K, ()), differential_dataflow::trace::implementations::KeyBuilder<K, Time, isize>>;
+
 /// A [`Batcher`] of `(data, time, diff)` updates that sorts what it was given when a batch is
 /// extracted; `S` builds the batch (differential's `ValBuilder` or `KeyBuilder`).
 pub struct SortBatcher<D, S> {

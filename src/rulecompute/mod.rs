@@ -553,13 +553,13 @@ where
     V: differential_dataflow::ExchangeData,
 {
     use differential_dataflow::operators::arrange::arrangement::arrange_core;
-    use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+    use differential_dataflow::trace::implementations::ValSpine;
     use timely::dataflow::channels::pact::Pipeline;
     arrange_core::<_, _, _, ValSpine<K, V, Time, isize>>(
         updates.inner,
         Pipeline,
         name,
-        batcher::SortBatcher::<(K, V), ValBuilder<K, V, Time, isize>>::new,
+        batcher::ValSortBatcher::<K, V>::new,
     )
 }
 
@@ -570,11 +570,7 @@ where
     K: differential_dataflow::ExchangeData + differential_dataflow::hashable::Hashable,
     V: differential_dataflow::ExchangeData,
 {
-    use differential_dataflow::trace::implementations::ValBuilder;
-    updates.arrange_named(
-        name,
-        batcher::SortBatcher::<(K, V), ValBuilder<K, V, Time, isize>>::new,
-    )
+    updates.arrange_named(name, batcher::ValSortBatcher::<K, V>::new)
 }
 
 /// A collection arranged by its records (no values).
@@ -591,11 +587,9 @@ pub fn arranged_by_self<'s, K>(records: Coll<'s, K>, name: &str) -> ArrangedBySe
 where
     K: differential_dataflow::ExchangeData + differential_dataflow::hashable::Hashable,
 {
-    use differential_dataflow::trace::implementations::KeyBuilder;
-    records.map(|k| (k, ())).arrange_named(
-        name,
-        batcher::SortBatcher::<(K, ()), KeyBuilder<K, Time, isize>>::new,
-    )
+    records
+        .map(|k| (k, ()))
+        .arrange_named(name, batcher::KeySortBatcher::<K>::new)
 }
 
 /// Arranges a small collection by key on every worker (each holds all of it).
