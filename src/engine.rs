@@ -611,6 +611,13 @@ impl Ingest<'_> {
         file.line(&line)
     }
 
+    /// Hands the outputs' lines to their files once the oldest has waited a while (live).
+    fn hand_over_old(&mut self) -> std::io::Result<()> {
+        self.processed_query.hand_over_if_old()?;
+        self.processed_book.hand_over_if_old()?;
+        self.deadletter.hand_over_if_old()
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         self.processed_query.flush()?;
         self.processed_book.flush()?;
@@ -790,6 +797,9 @@ fn worker_main(
             if let (Some(Source::Kafka(k)), Some(t)) = (source.as_mut(), t_ms) {
                 k.note_event_time(&raw, t);
             }
+        }
+        if live {
+            ingest.hand_over_old()?;
         }
         crate::opprof::lap(&mut profile, Phase::Ingest);
         if let (Some(m), Some(t)) = (&shared.monitor, ingest.tally.as_mut()) {
