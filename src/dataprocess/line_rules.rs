@@ -6,11 +6,19 @@
 //! the line fully matches, and [`process`](super::process) reads all three answers from it.
 //! The tables keep their own compiled sets, and their semantics: [`Filter`], [`Classifier`]
 //! and [`Analyzer`] decide, given which patterns matched.
+//!
+//! Request lines repeat (a site has a few hundred pages and APIs; in a generated hour 85 % of
+//! lines repeat one of the last 200 000), so each thread remembers the answers for the last
+//! [`MEMO_LINES`] distinct lines it searched: a repeated line costs a hash lookup, not a
+//! regex search (the search was ~5 % of a replay's instructions).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::anyhow;
-use regex::{RegexSet, SetMatches};
+use regex::RegexSet;
 
 use super::{Analyzer, Classifier, Filter};
 use crate::event::{BehaviorType, FlightType};
@@ -18,6 +26,8 @@ use crate::event::{BehaviorType, FlightType};
 /// The request-line patterns of the three tables, and where each table's are in the set.
 #[derive(Clone, Debug)]
 pub struct LineRules {
+    /// Which compilation of the tables this is (the memo's answers are for one).
+    id: u64,
     set: RegexSet,
     filter: Range<usize>,
     /// One range per class list, in classification order.
@@ -26,8 +36,34 @@ pub struct LineRules {
     analyze: Range<usize>,
 }
 
-/// Which patterns of a [`LineRules`] one request line fully matches.
-pub struct LineMatches(SetMatches);
+/// Which patterns of a [`LineRules`] one request line fully matches: bit `i` for pattern `i`
+/// (inline up to 128 patterns, so a remembered answer is copied, not allocated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineMatches(smallvec::SmallVec<[u64; 2]>);
+
+impl LineMatches {
+    fn matched(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+}
+
+/// Distinct request lines whose answers a thread remembers; all are forgotten when full (the
+/// frequent ones come back at once). A few hundred KiB.
+const MEMO_LINES: usize = 2048;
+
+/// Numbers each [`LineRules`] built, for [`Memo`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// One thread's remembered answers, for the rules numbered `id`.
+#[derive(Default)]
+struct Memo {
+    id: u64,
+    answers: HashMap<Box<str>, LineMatches, foldhash::fast::FixedState>,
+}
+
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::default();
+}
 
 impl LineRules {
     /// The patterns of the compiled tables (already validated one by one), in one set.
@@ -54,6 +90,7 @@ impl LineRules {
         let set = RegexSet::new(&patterns)
             .map_err(|e| anyhow!("request-line rules: cannot build one regex set of the filter, classify and analyze rules: {e}"))?;
         Ok(LineRules {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed) + 1,
             set,
             filter,
             classes,
@@ -61,24 +98,47 @@ impl LineRules {
         })
     }
 
-    /// One search of `request` against every pattern.
+    /// Which patterns `request` matches: remembered, else one search against them all.
     pub fn matches(&self, request: &str) -> LineMatches {
-        LineMatches(self.set.matches(request))
+        MEMO.with_borrow_mut(|memo| {
+            if memo.id != self.id {
+                memo.id = self.id;
+                memo.answers.clear();
+            }
+            if let Some(m) = memo.answers.get(request) {
+                return m.clone();
+            }
+            let m = self.search(request);
+            if memo.answers.len() >= MEMO_LINES {
+                memo.answers.clear();
+            }
+            memo.answers.insert(request.into(), m.clone());
+            m
+        })
+    }
+
+    /// One search of `request` against every pattern.
+    fn search(&self, request: &str) -> LineMatches {
+        let mut bits = smallvec::smallvec![0u64; self.set.len().div_ceil(64)];
+        for i in self.set.matches(request).iter() {
+            bits[i / 64] |= 1 << (i % 64);
+        }
+        LineMatches(bits)
     }
 
     /// [`Filter::is_filtered`].
     pub fn is_filtered(&self, m: &LineMatches) -> bool {
-        self.filter.clone().any(|i| m.0.matched(i))
+        self.filter.clone().any(|i| m.matched(i))
     }
 
     /// [`Classifier::classify`].
     pub fn classify(&self, classifier: &Classifier, m: &LineMatches) -> (FlightType, BehaviorType) {
-        classifier.classify_with(|list| self.classes[list].clone().any(|i| m.0.matched(i)))
+        classifier.classify_with(|list| self.classes[list].clone().any(|i| m.matched(i)))
     }
 
     /// Whether the line matches the expression of the `rule`-th analyze rule.
     pub fn analyze_matches(&self, m: &LineMatches, rule: usize) -> bool {
-        m.0.matched(self.analyze.start + rule)
+        m.matched(self.analyze.start + rule)
     }
 }
 
@@ -145,5 +205,41 @@ mod tests {
         }
         // The lines reach every class, so the comparison covers each list.
         assert!(classes.len() >= 5, "{classes:?}");
+    }
+
+    #[test]
+    fn remembered_answers_are_the_searched_ones_of_their_own_rules() {
+        use crate::rules::load::load_table;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let classify: Vec<_> = load_table(&dir.join(crate::dataprocess::CLASSIFY_FILE)).unwrap();
+        let analyze: Vec<_> = load_table(&dir.join(crate::dataprocess::ANALYZE_FILE)).unwrap();
+        let rules = DataRules::load_dir(&dir).unwrap();
+        // The same tables without the filter: the same line matches other pattern numbers.
+        let unfiltered = DataRules::compile(&[], &classify, &analyze).unwrap();
+        let css = "GET /B2C40/dist/x.js HTTP/1.1";
+        let query = "POST /B2C40/query/jaxb/direct/query.ao HTTP/1.1";
+        // Asked in turns under the two rule sets, a line gets each set's own answer.
+        for _ in 0..3 {
+            for line in [css, query] {
+                for r in [&rules, &unfiltered] {
+                    assert_eq!(r.lines.matches(line), r.lines.search(line), "{line}");
+                }
+            }
+            assert!(rules.lines.is_filtered(&rules.lines.matches(css)));
+            assert!(!unfiltered.lines.is_filtered(&unfiltered.lines.matches(css)));
+        }
+        // More distinct lines than are remembered, each asked twice: memo or not, the same.
+        for round in 0..2 {
+            for i in 0..3 * super::MEMO_LINES {
+                let line = match i % 3 {
+                    0 => format!("GET /B2C40/dist/{i}.css HTTP/1.1"),
+                    1 => format!("GET /page?id={i} HTTP/1.1"),
+                    _ => query.to_string(),
+                };
+                let m = rules.lines.matches(&line);
+                assert_eq!(m, rules.lines.search(&line), "round {round}: {line}");
+            }
+        }
+        assert_ne!(rules.lines.matches(css), rules.lines.matches(query));
     }
 }
