@@ -8,8 +8,10 @@
 //! - [`scoring`]: flow scores and the blacklist (SPEC §5);
 //! - [`dataflow`]: assembles the one differential dataflow from the stages above;
 //! - [`api`] and [`ops`]: the HTTP API and what it sees of the engine (SPEC §7);
-//! - [`source`] and [`sink`]: connectors; [`gen`]: synthetic traffic; [`bench`]: benchmark tools.
+//! - [`source`] and [`sink`]: connectors; [`gen`]: synthetic traffic; [`bench`]: benchmark tools;
+//! - [`alloc`]: the allocator's settings.
 
+pub mod alloc;
 pub mod anomaly;
 pub mod api;
 pub mod bench;

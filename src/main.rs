@@ -15,7 +15,7 @@ use antispider::format::LogFormat;
 use antispider::ops::OpsHub;
 
 /// The dataflow allocates and frees many small batches; mimalloc is markedly faster at that
-/// than the system allocator (see BENCHMARKS.md).
+/// than the system allocator (see BENCHMARKS.md). Its settings: `antispider::alloc`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -217,6 +217,7 @@ enum Command {
 }
 
 fn main() {
+    antispider::alloc::tune();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
