@@ -54,12 +54,24 @@ struct PooledChunk {
 
 impl Drop for PooledChunk {
     fn drop(&mut self) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        give_back(&self.pool, std::mem::take(&mut self.buf));
+    }
+}
+
+/// Keeps `buf` for the next read if it is a read buffer (not the copy of a short read) and
+/// the pool is not full.
+fn give_back(pool: &ChunkPool, buf: Vec<u8>) {
+    if buf.len() == READ_CHUNK {
+        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < POOL_KEEP {
-            pool.push(std::mem::take(&mut self.buf));
+            pool.push(buf);
         }
     }
 }
+
+/// Reads shorter than this (a followed file's few new lines) are copied out, so the read
+/// buffer is reused at once and a chunk waiting for a slow reader holds only its bytes.
+const SHORT_READ: usize = READ_CHUNK / 16;
 
 /// One worker's handle on a chunk, the owner of the `Bytes` it splits lines from (a handle of
 /// its own: the lines count their references there, not on one counter every worker's core
@@ -155,7 +167,7 @@ impl LogState {
                 other => break other?,
             }
         };
-        if n > 0 {
+        if n >= SHORT_READ {
             self.offset += n as u64;
             return Ok(Some(Chunk::Data(Arc::new(PooledChunk {
                 buf,
@@ -163,11 +175,17 @@ impl LogState {
                 pool: self.pool.clone(),
             }))));
         }
-        // Not read into: straight back to the pool.
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(buf);
+        // Short or nothing: the buffer goes straight back to the pool.
+        let short = buf[..n].to_vec();
+        give_back(&self.pool, buf);
+        if n > 0 {
+            self.offset += n as u64;
+            return Ok(Some(Chunk::Data(Arc::new(PooledChunk {
+                buf: short,
+                len: n,
+                pool: self.pool.clone(),
+            }))));
+        }
         if follow && self.reopen_if_rotated()? {
             return Ok(Some(Chunk::Rotated));
         }
@@ -437,5 +455,42 @@ mod tests {
         }
         shared.sort();
         assert_eq!(shared, whole);
+    }
+
+    #[test]
+    fn read_buffers_return_to_the_pool_when_their_lines_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pool.log");
+        let text: String = (0..20_000)
+            .map(|i| format!("line {i:06} {}\n", "z".repeat(40)))
+            .collect();
+        assert!(text.len() > 3 * READ_CHUNK);
+        std::fs::write(&p, &text).unwrap();
+        let log = SharedLog::open(&p, true, 1).unwrap();
+        let mut s = FileSource::reading(log.clone(), 0, LogFormat::Cs, (0, 1));
+        let mut lines = Vec::new();
+        while s.poll(&mut lines, 1000).unwrap() == Poll::Data {}
+        let read: Vec<u8> = lines.iter().flat_map(|l| l.bytes.to_vec()).collect();
+        assert_eq!(read, text.as_bytes());
+        let pool = log.state.lock().unwrap().pool.clone();
+        let held_before = pool.lock().unwrap().len();
+        drop(lines);
+        s.rest = Bytes::new();
+        let held = pool.lock().unwrap().len();
+        assert!(
+            held > held_before && held <= POOL_KEEP,
+            "{held_before} -> {held}"
+        );
+        // A short read (a followed file's new line) is a copy; its buffer is not pooled.
+        let mut w = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        w.write_all(b"one more\n").unwrap();
+        let mut more = Vec::new();
+        assert_eq!(s.poll(&mut more, 10).unwrap(), Poll::Data);
+        assert_eq!(&more[0].bytes[..], b"one more\n");
+        drop(more);
+        s.rest = Bytes::new();
+        let pool = pool.lock().unwrap();
+        assert!(pool.iter().all(|b| b.len() == READ_CHUNK));
+        assert!(pool.len() <= POOL_KEEP);
     }
 }
