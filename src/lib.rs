@@ -9,12 +9,13 @@
 //! - [`dataflow`]: assembles the one differential dataflow from the stages above;
 //! - [`api`] and [`ops`]: the HTTP API and what it sees of the engine (SPEC §7);
 //! - [`source`] and [`sink`]: connectors; [`gen`]: synthetic traffic; [`bench`]: benchmark tools;
-//! - [`alloc`]: the allocator's settings.
+//! - [`alloc`]: the allocator's settings; [`buffers`]: byte buffers kept for reuse.
 
 pub mod alloc;
 pub mod anomaly;
 pub mod api;
 pub mod bench;
+pub mod buffers;
 pub mod cluster;
 pub mod config;
 pub mod dataflow;

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::buffers::BufferPool;
+
 /// A file that every worker appends whole lines to.
 #[derive(Clone)]
 pub struct SharedFile(Arc<Mutex<BufWriter<File>>>);
@@ -46,9 +48,8 @@ enum Job {
 #[derive(Clone)]
 pub struct BackgroundFile {
     jobs: mpsc::SyncSender<Job>,
-    /// Written batches' buffers, emptied, for the next batches: a fresh [`BATCH`]-byte
-    /// allocation is often memory the allocator had handed back, faulted in and zeroed again.
-    spare: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Written batches' buffers, emptied, for the next batches.
+    spare: Arc<BufferPool>,
 }
 
 impl BackgroundFile {
@@ -60,7 +61,7 @@ impl BackgroundFile {
             std::io::Error::new(e.kind(), format!("{}: cannot create: {e}", path.display()))
         })?;
         let (tx, rx) = mpsc::sync_channel::<Job>(Self::QUEUE);
-        let spare: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let spare = Arc::new(BufferPool::new(Self::SPARE));
         let give_back = spare.clone();
         let name = path.display().to_string();
         std::thread::Builder::new()
@@ -74,10 +75,9 @@ impl BackgroundFile {
                             if failed.is_none() {
                                 failed = w.write_all(&bytes).err();
                             }
-                            let mut spare = give_back.lock().unwrap_or_else(|p| p.into_inner());
-                            if spare.len() < Self::SPARE && bytes.capacity() == BATCH {
+                            if bytes.capacity() == BATCH {
                                 bytes.clear();
-                                spare.push(bytes);
+                                give_back.keep(bytes);
                             }
                         }
                         Job::Flush(reply) => {
@@ -101,8 +101,9 @@ impl BackgroundFile {
 
     /// An empty buffer of [`BATCH`] bytes' capacity, reused when one is spare.
     fn empty_buffer(&self) -> Vec<u8> {
-        let reused = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        reused.unwrap_or_else(|| Vec::with_capacity(BATCH))
+        self.spare
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(BATCH))
     }
 
     fn closed() -> std::io::Error {

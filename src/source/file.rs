@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{LineSource, Poll, RawLine};
+use crate::buffers::BufferPool;
 use crate::format::LogFormat;
 
 /// Longest line kept whole; longer lines are cut here and dead-lettered as oversize.
@@ -40,7 +41,7 @@ enum Chunk {
 const POOL_KEEP: usize = 16;
 
 /// The buffers of chunks that every line of has been dropped, to read the next chunks into.
-type ChunkPool = Arc<Mutex<Vec<Vec<u8>>>>;
+type ChunkPool = Arc<BufferPool>;
 
 /// A chunk read straight into a buffer of [`READ_CHUNK`] bytes, which goes back to the pool
 /// when the last line sliced from it is dropped. Allocating and copying every chunk instead
@@ -62,10 +63,7 @@ impl Drop for PooledChunk {
 /// the pool is not full.
 fn give_back(pool: &ChunkPool, buf: Vec<u8>) {
     if buf.len() == READ_CHUNK {
-        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOL_KEEP {
-            pool.push(buf);
-        }
+        pool.keep(buf);
     }
 }
 
@@ -122,7 +120,7 @@ impl SharedLog {
                 reader,
                 path,
                 offset: 0,
-                pool: ChunkPool::default(),
+                pool: Arc::new(BufferPool::new(POOL_KEEP)),
                 first: 0,
                 chunks: VecDeque::new(),
                 next: vec![0; readers.max(1)],
@@ -159,8 +157,7 @@ impl SharedLog {
 impl LogState {
     /// Reads the next chunk from the log (`follow`: see [`SharedLog`]).
     fn read(&mut self, follow: bool) -> std::io::Result<Option<Chunk>> {
-        let reused = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut buf = reused.unwrap_or_else(|| vec![0; READ_CHUNK]);
+        let mut buf = self.pool.take().unwrap_or_else(|| vec![0; READ_CHUNK]);
         let n = loop {
             match self.reader.read(&mut buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -473,10 +470,10 @@ mod tests {
         let read: Vec<u8> = lines.iter().flat_map(|l| l.bytes.to_vec()).collect();
         assert_eq!(read, text.as_bytes());
         let pool = log.state.lock().unwrap().pool.clone();
-        let held_before = pool.lock().unwrap().len();
+        let held_before = pool.lens().len();
         drop(lines);
         s.rest = Bytes::new();
-        let held = pool.lock().unwrap().len();
+        let held = pool.lens().len();
         assert!(
             held > held_before && held <= POOL_KEEP,
             "{held_before} -> {held}"
@@ -489,8 +486,8 @@ mod tests {
         assert_eq!(&more[0].bytes[..], b"one more\n");
         drop(more);
         s.rest = Bytes::new();
-        let pool = pool.lock().unwrap();
-        assert!(pool.iter().all(|b| b.len() == READ_CHUNK));
+        let pool = pool.lens();
+        assert!(pool.iter().all(|len| *len == READ_CHUNK));
         assert!(pool.len() <= POOL_KEEP);
     }
 }
