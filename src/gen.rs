@@ -39,6 +39,7 @@
 //! end before the period does; when the actors produce too few lines (e.g. a small
 //! `opts.humans`), human arrivals continue past the end of the period.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
 use std::io::{self, BufWriter, Write};
@@ -481,6 +482,37 @@ struct Req {
     request: String,
     content_type: &'static str,
     body: String,
+}
+
+impl Req {
+    /// This request's record at `t` (`times`: its `time_iso8601` and `time_local`) on
+    /// `server`, the client's fields left for the caller.
+    fn record(
+        self,
+        t: i64,
+        times: (String, String),
+        server: usize,
+        format: LogFormat,
+    ) -> LogRecord<'static> {
+        LogRecord {
+            time_ms: t,
+            time_iso8601: times.0.into(),
+            time_local: times.1.into(),
+            request: self.request.into(),
+            request_method: self.method.into(),
+            content_type: self.content_type.into(),
+            request_body: self.body.into(),
+            server_addr: SERVERS[server].into(),
+            // Combined lines follow `combined::NGINX_LOG_FORMAT` exactly (no leading $host).
+            host: if format == LogFormat::Combined {
+                ""
+            } else {
+                HOST
+            }
+            .into(),
+            ..LogRecord::default()
+        }
+    }
 }
 
 /// The JSON of a `query.ao` request, in the style of the reference line (`", "` separators).
@@ -1269,7 +1301,7 @@ impl<'o> Gen<'o> {
     }
 
     /// Builds the record of `what` by actor `slot` at time `t`.
-    fn record(&mut self, slot: usize, what: What, t: i64) -> LogRecord {
+    fn record(&mut self, slot: usize, what: What, t: i64) -> LogRecord<'static> {
         let rng = &mut self.rng;
         let a = &mut self.actors[slot];
         // Per-request identity changes of the rotating crawlers.
@@ -1373,35 +1405,21 @@ impl<'o> Gen<'o> {
         let server = rng.random_range(0..4usize);
         let c = &mut self.conns[server];
         *c = (*c as i64 + rng.random_range(-8..=8i64)).clamp(1, 500) as u32;
-        let (time_iso8601, time_local) = self.times.get(t);
         LogRecord {
-            time_ms: t,
-            time_iso8601,
-            time_local,
-            request: req.request,
-            request_method: req.method.to_string(),
-            content_type: req.content_type.to_string(),
-            request_body: req.body,
-            http_referer: referer,
-            remote_addr: a.ip_text.clone(),
-            http_user_agent: a.ua.clone(),
-            server_addr: SERVERS[server].to_string(),
-            // Combined lines follow `combined::NGINX_LOG_FORMAT` exactly (no leading $host).
-            host: if self.opts.format == LogFormat::Combined {
-                String::new()
-            } else {
-                HOST.to_string()
-            },
-            http_cookie: a.cookie.clone(),
+            http_referer: referer.into(),
+            remote_addr: a.ip_text.clone().into(),
+            http_user_agent: a.ua.clone().into(),
+            http_cookie: a.cookie.clone().into(),
             connections_active: Some(*c),
             status: Some(status),
             body_bytes_sent: Some(bytes),
             request_time: Some(rt_ms as f64 / 1000.0),
+            ..req.record(t, self.times.get(t), server, self.opts.format)
         }
     }
 
     /// Renders `rec` broken in one of several ways; returns the line bytes.
-    fn malformed(&mut self, mut rec: LogRecord) -> (Vec<u8>, bool) {
+    fn malformed(&mut self, mut rec: LogRecord<'static>) -> (Vec<u8>, bool) {
         let format = self.opts.format;
         let mut variant = self.rng.random_range(0..100u32);
         if variant >= 96 && self.oversize >= OVERSIZE_MAX {
@@ -1450,14 +1468,14 @@ impl<'o> Gen<'o> {
                     ],
                 );
                 let line = render_line(format, &rec)
-                    .replacen(&rec.time_iso8601, bad_iso, 1)
-                    .replacen(&rec.time_local, bad_local, 1);
+                    .replacen(&*rec.time_iso8601, bad_iso, 1)
+                    .replacen(&*rec.time_local, bad_local, 1);
                 (line.into_bytes(), true)
             }
             // Invalid UTF-8 inside the user agent.
             50..72 => {
                 let line = render_line(format, &rec);
-                let at = match line.find(&rec.http_user_agent) {
+                let at = match line.find(&*rec.http_user_agent) {
                     Some(p) if !rec.http_user_agent.is_empty() => p + 1,
                     _ => line.len() / 2,
                 };
@@ -1475,11 +1493,10 @@ impl<'o> Gen<'o> {
             }
             // Bad remote_addr: the line does not name a real client.
             72..96 => {
-                rec.remote_addr = pick(
+                rec.remote_addr = Cow::Borrowed(*pick(
                     &mut self.rng,
                     &["999.1.1.1", "61.135.300.7", "unknown", "1.2.3", "-"],
-                )
-                .to_string();
+                ));
                 (render_line(format, &rec).into_bytes(), false)
             }
             // Oversized line (> 64 KiB).
@@ -1487,8 +1504,9 @@ impl<'o> Gen<'o> {
                 self.oversize += 1;
                 let pad = 66_000 + self.rng.random_range(0..4_000usize);
                 // In the cookie: every format writes it (combined drops the body).
-                rec.http_cookie.push_str("; _pad=");
-                rec.http_cookie.extend(std::iter::repeat_n('A', pad));
+                let cookie = rec.http_cookie.to_mut();
+                cookie.push_str("; _pad=");
+                cookie.extend(std::iter::repeat_n('A', pad));
                 (render_line(format, &rec).into_bytes(), true)
             }
         }
@@ -1602,30 +1620,17 @@ fn churn(opts: &GenOptions, log: &mut dyn Write) -> io::Result<(u64, Vec<(u32, K
             children: 0,
         };
         let req = query_req(Endpoint::Query, &journey, false);
-        let (time_iso8601, time_local) = times.get(t);
         let server = rng.random_range(0..4usize);
         let rec = LogRecord {
-            time_ms: t,
-            time_iso8601,
-            time_local,
-            request: req.request,
-            request_method: req.method.to_string(),
-            content_type: req.content_type.to_string(),
-            request_body: req.body,
-            http_referer: format!("{SITE}{}", journey.search_url()),
-            remote_addr: ip_text(ip),
-            http_user_agent: pick(&mut rng, &BROWSER_UAS).to_string(),
-            server_addr: SERVERS[server].to_string(),
-            host: if opts.format == LogFormat::Combined {
-                String::new()
-            } else {
-                HOST.to_string()
-            },
-            http_cookie: format!("JSESSIONID={}; language=zh_CN", hex32(&mut rng)),
+            http_referer: format!("{SITE}{}", journey.search_url()).into(),
+            remote_addr: ip_text(ip).into(),
+            http_user_agent: (*pick(&mut rng, &BROWSER_UAS)).into(),
+            http_cookie: format!("JSESSIONID={}; language=zh_CN", hex32(&mut rng)).into(),
             connections_active: Some(rng.random_range(50..300u32)),
             status: Some(200),
             body_bytes_sent: Some(rng.random_range(1_500..45_000u64)),
             request_time: Some(rng.random_range(50..800u32) as f64 / 1000.0),
+            ..req.record(t, times.get(t), server, opts.format)
         };
         out.write_all(render_line(opts.format, &rec).as_bytes())?;
         out.write_all(b"\n")?;
@@ -1741,7 +1746,7 @@ mod tests {
     fn check(
         format: LogFormat,
         lines: u64,
-    ) -> (Vec<LogRecord>, BTreeMap<String, (String, String)>) {
+    ) -> (Vec<LogRecord<'static>>, BTreeMap<String, (String, String)>) {
         let o = opts(lines, format);
         let (log, truth, s) = run(&o);
         let truth = truth_map(&truth);
@@ -1753,14 +1758,14 @@ mod tests {
             match parse_line(format, line, &lim) {
                 Ok(r) => {
                     assert!(
-                        truth.contains_key(&r.remote_addr),
+                        truth.contains_key(&*r.remote_addr),
                         "{} not in truth",
                         r.remote_addr
                     );
                     assert!(r.time_ms >= max_t.saturating_sub(5_000), "disorder > 5 s");
                     assert!(r.time_ms >= o.start_ms);
                     max_t = max_t.max(r.time_ms);
-                    recs.push(r);
+                    recs.push(r.into_owned());
                 }
                 Err(_) => failed += 1,
             }
@@ -1881,7 +1886,7 @@ mod tests {
             .iter()
             .map(|l| parse_line(LogFormat::Cs, l, &lim).unwrap())
             .collect();
-        let ips: HashSet<&str> = recs.iter().map(|r| r.remote_addr.as_str()).collect();
+        let ips: HashSet<&str> = recs.iter().map(|r| &*r.remote_addr).collect();
         assert_eq!(ips.len(), lines.len(), "distinct IPs == lines");
         assert_eq!(truth_map(&truth).len(), lines.len());
         assert_eq!(s.ips_by_kind["human"], 20_000);

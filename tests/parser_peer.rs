@@ -63,7 +63,7 @@ fn crowdsec_nginx_http_logs() {
                 access += 1;
                 let r = parsed.unwrap_or_else(|e| panic!("line {n}: {e}"));
                 assert_eq!(
-                    Some(r.request_method.as_str()),
+                    Some(&*r.request_method),
                     field(exp, "p:verb"),
                     "line {n} verb"
                 );
@@ -86,12 +86,12 @@ fn crowdsec_nginx_http_logs() {
                 let status = field(exp, "p:status").map(|s| s.parse::<u16>().unwrap());
                 assert_eq!(r.status, status, "line {n} status");
                 assert_eq!(
-                    Some(r.remote_addr.as_str()),
+                    Some(&*r.remote_addr),
                     field(exp, "p:remote_addr"),
                     "line {n} remote_addr"
                 );
                 assert_eq!(
-                    Some(r.http_user_agent.as_str()),
+                    Some(&*r.http_user_agent),
                     field(exp, "p:http_user_agent"),
                     "line {n} user agent"
                 );

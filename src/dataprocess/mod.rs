@@ -114,7 +114,7 @@ pub enum Outcome {
 }
 
 /// The method of a record: `request_method`, else the first word of the request line.
-fn method_of(rec: &LogRecord) -> &str {
+fn method_of<'r>(rec: &'r LogRecord<'_>) -> &'r str {
     let m = rec.request_method.trim();
     if m.is_empty() {
         rec.request.split_ascii_whitespace().next().unwrap_or("")
@@ -137,9 +137,9 @@ pub fn process(
         return Outcome::Filtered;
     }
     // 3. Mask every string that can reach an output (moved, not copied, when clean).
-    let m = |s: String| match masker.mask(&s) {
+    let m = |s: Cow<str>| match masker.mask(&s) {
         Cow::Owned(o) => o,
-        Cow::Borrowed(_) => s,
+        Cow::Borrowed(_) => s.into_owned(),
     };
     let method = masker.mask(method_of(&rec)).into_owned();
     let LogRecord {
@@ -157,7 +157,7 @@ pub fn process(
         ..
     } = rec;
     let (request, line) = match masker.mask(&request) {
-        Cow::Borrowed(_) => (request, raw_matches),
+        Cow::Borrowed(_) => (request.into_owned(), raw_matches),
         Cow::Owned(masked) => {
             let line = rules.lines.matches(&masked);
             (masked, line)
@@ -241,7 +241,7 @@ mod tests {
         Masker::new(MaskMode::Md5, b"")
     }
 
-    fn rec(request: &str, content_type: &str, body: &str) -> LogRecord {
+    fn rec<'a>(request: &'a str, content_type: &'a str, body: &'a str) -> LogRecord<'a> {
         LogRecord {
             time_ms: 1_585_903_189_000,
             time_iso8601: "2020-04-03T16:39:49+08:00".into(),
@@ -490,10 +490,11 @@ mod tests {
             "application/json",
             &body,
         );
-        r.http_cookie = format!("JSESSIONID={ID1}; userId4logCookie={PHONE}");
+        r.http_cookie = format!("JSESSIONID={ID1}; userId4logCookie={PHONE}").into();
         r.http_referer = format!(
             "http://b2c.csair.com/B2C40/bookingnew/?phone={PHONE}&d1=2026-11-25&d2=2026-11-30"
-        );
+        )
+        .into();
         let m = md5();
         let p = processed(process(&rules(), &m, &CookieNames::default(), r));
         assert_eq!(
@@ -749,7 +750,7 @@ mod tests {
             Some("D1279C812D20ABDB6612BA7AF1C5D13C".to_string())
         );
         // A JSESSIONID that is an ID number is masked, like the sample's first one.
-        r.http_cookie = format!("JSESSIONID={ID1}");
+        r.http_cookie = format!("JSESSIONID={ID1}").into();
         let p = processed(process(&rules(), &m, &CookieNames::default(), r.clone()));
         assert_eq!(
             p.jsessionid.as_deref(),
@@ -770,9 +771,10 @@ mod tests {
 
     #[test]
     fn every_output_field_masked() {
-        let mut r = rec(&format!("GET /B2C40/index.html?m={PHONE} HTTP/1.1"), "", "");
-        r.http_user_agent = format!("UA {ID2}");
-        r.http_referer = format!("http://x/?id={ID1}");
+        let request = format!("GET /B2C40/index.html?m={PHONE} HTTP/1.1");
+        let mut r = rec(&request, "", "");
+        r.http_user_agent = format!("UA {ID2}").into();
+        r.http_referer = format!("http://x/?id={ID1}").into();
         r.remote_addr = PHONE.into();
         let p = run(r);
         let text = all_text(&p);

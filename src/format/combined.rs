@@ -118,11 +118,11 @@ fn unescape(raw: &str) -> String {
 }
 
 /// `"-"` means empty.
-fn dash_empty(v: Cow<'_, str>) -> String {
+fn dash_empty(v: Cow<'_, str>) -> Cow<'_, str> {
     if v == "-" {
-        String::new()
+        Cow::Borrowed("")
     } else {
-        v.into_owned()
+        v
     }
 }
 
@@ -186,7 +186,7 @@ fn parse_num<T: std::str::FromStr>(tok: &str, name: &str) -> Result<Option<T>, P
     })
 }
 
-pub(crate) fn parse(line: &str) -> Result<LogRecord, ParseError> {
+pub(crate) fn parse(line: &str) -> Result<LogRecord<'_>, ParseError> {
     let b = line.as_bytes();
     if is_error_log(b) {
         return Err(err(
@@ -275,22 +275,25 @@ pub(crate) fn parse(line: &str) -> Result<LogRecord, ParseError> {
             "time_local is not a valid nginx time (dd/Mon/yyyy:HH:MM:SS +hhmm)",
         )
     })?;
-    let request = request.into_owned();
-    let request_method = method_of(&request).to_string();
+    let request_method = match &request {
+        Cow::Borrowed(r) => Cow::Borrowed(method_of(r)),
+        Cow::Owned(r) => Cow::Owned(method_of(r).to_string()),
+    };
     Ok(LogRecord {
         time_ms,
         time_iso8601: time_local_to_iso8601(time_local)
-            .unwrap_or_else(|| time::format_iso8601(time_ms, time_local_offset(time_local))),
-        time_local: time_local.to_string(),
+            .unwrap_or_else(|| time::format_iso8601(time_ms, time_local_offset(time_local)))
+            .into(),
+        time_local: time_local.into(),
         request,
         request_method,
-        content_type: String::new(),
-        request_body: String::new(),
+        content_type: Cow::Borrowed(""),
+        request_body: Cow::Borrowed(""),
         http_referer: dash_empty(referer),
         remote_addr,
         http_user_agent: dash_empty(ua),
-        server_addr: String::new(),
-        host: host.to_string(),
+        server_addr: Cow::Borrowed(""),
+        host: host.into(),
         http_cookie: dash_empty(cookie),
         connections_active: None,
         status,
@@ -368,12 +371,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn p(line: &str) -> Result<LogRecord, ParseError> {
+    fn p(line: &str) -> Result<LogRecord<'static>, ParseError> {
         parse_line(
             LogFormat::Combined,
             line.as_bytes(),
             &ParseLimits::default(),
         )
+        .map(LogRecord::into_owned)
     }
 
     const PLAIN: &str = r#"192.168.1.1 - - [04/Jan/2020:07:25:02 +0000] "GET /.well-known/acme-challenge/x HTTP/1.1" 404 522 "-" "Go-http-client/1.1""#;
@@ -394,7 +398,7 @@ mod tests {
             r.time_ms,
             time::parse_iso8601("2020-01-04T07:25:02Z").unwrap()
         );
-        assert_eq!((r.host.as_str(), r.http_cookie.as_str()), ("", ""));
+        assert_eq!((&*r.host, &*r.http_cookie), ("", ""));
         assert_eq!((r.request_time, r.connections_active), (None, None));
         assert_eq!(p(&format!("{PLAIN}\r\n")).unwrap(), r);
     }
@@ -412,11 +416,11 @@ mod tests {
             .replace("0.123", "-")
             .replace("\"JSESSIONID=A; userId4logCookie=1\"", "\"-\"");
         let r = p(&dash).unwrap();
-        assert_eq!((r.request_time, r.http_cookie.as_str()), (None, ""));
+        assert_eq!((r.request_time, &*r.http_cookie), (None, ""));
         // nginx's stock `main` format: a quoted X-Forwarded-For after the UA is ignored.
         let main = PLAIN.to_string() + r#" "1.2.3.4, 5.6.7.8""#;
         let r = p(&main).unwrap();
-        assert_eq!((r.request_time, r.http_cookie.as_str()), (None, ""));
+        assert_eq!((r.request_time, &*r.http_cookie), (None, ""));
         assert_eq!(r.http_user_agent, "Go-http-client/1.1");
         // Some other trailing token: ignored too.
         let r = p(&(PLAIN.to_string() + " upstream=abc")).unwrap();
@@ -521,7 +525,7 @@ mod tests {
         assert_eq!(p(&out).unwrap(), r);
         // Empty time_local: rendered from time_ms with time_iso8601's offset.
         let mut r2 = r.clone();
-        r2.time_local.clear();
+        r2.time_local = "".into();
         assert_eq!(p(&render_line(LogFormat::Combined, &r2)).unwrap(), r);
     }
 
@@ -555,15 +559,15 @@ mod tests {
             let request_method = method_of(&request).to_string();
             let rec = LogRecord {
                 time_ms: ms,
-                time_iso8601: time::format_iso8601(ms, off),
-                time_local: time::format_time_local(ms, off),
-                request,
-                request_method,
-                http_referer: referer,
-                remote_addr,
-                http_user_agent: ua,
-                host: host.unwrap_or_default(),
-                http_cookie: cookie,
+                time_iso8601: time::format_iso8601(ms, off).into(),
+                time_local: time::format_time_local(ms, off).into(),
+                request: request.into(),
+                request_method: request_method.into(),
+                http_referer: referer.into(),
+                remote_addr: remote_addr.into(),
+                http_user_agent: ua.into(),
+                host: host.unwrap_or_default().into(),
+                http_cookie: cookie.into(),
                 status,
                 body_bytes_sent: bytes,
                 request_time: rt.map(|v| v as f64 / 1000.0),

@@ -10,6 +10,8 @@
 //! `request_method` is taken from its own field, as the collector logged it.
 
 use super::{find2, normalize_ip, resolve_time, ParseError, ParseErrorKind};
+use std::borrow::Cow;
+
 use crate::event::LogRecord;
 
 /// The field separator.
@@ -43,7 +45,7 @@ fn split(line: &str) -> ([&str; FIELDS], usize) {
     (fields, n + 1)
 }
 
-pub(crate) fn parse(line: &str) -> Result<LogRecord, ParseError> {
+pub(crate) fn parse(line: &str) -> Result<LogRecord<'_>, ParseError> {
     let (f, n) = split(line);
     if n != FIELDS && n != FIELDS - 1 {
         return Err(ParseError::new(
@@ -60,18 +62,18 @@ pub(crate) fn parse(line: &str) -> Result<LogRecord, ParseError> {
     };
     Ok(LogRecord {
         time_ms,
-        time_iso8601: rendered_iso.unwrap_or_else(|| f[8].to_string()),
-        time_local: f[0].to_string(),
-        request: f[1].to_string(),
-        request_method: f[2].to_string(),
-        content_type: f[3].to_string(),
-        request_body: f[4].to_string(),
-        http_referer: f[5].to_string(),
+        time_iso8601: rendered_iso.map_or(Cow::Borrowed(f[8]), Cow::Owned),
+        time_local: f[0].into(),
+        request: f[1].into(),
+        request_method: f[2].into(),
+        content_type: f[3].into(),
+        request_body: f[4].into(),
+        http_referer: f[5].into(),
         remote_addr,
-        http_user_agent: f[7].to_string(),
-        server_addr: f[9].to_string(),
-        host: String::new(),
-        http_cookie: f[10].to_string(),
+        http_user_agent: f[7].into(),
+        server_addr: f[9].into(),
+        host: Cow::Borrowed(""),
+        http_cookie: f[10].into(),
         connections_active,
         status: None,
         body_bytes_sent: None,
@@ -115,8 +117,9 @@ mod tests {
         "/../shared/reference/data/sample_raw_log_line.normalized.txt"
     );
 
-    fn p(line: &str) -> Result<LogRecord, ParseError> {
+    fn p(line: &str) -> Result<LogRecord<'static>, ParseError> {
         parse_line(LogFormat::Cs, line.as_bytes(), &ParseLimits::default())
+            .map(LogRecord::into_owned)
     }
 
     fn line(fields: &[&str]) -> String {
@@ -182,6 +185,27 @@ mod tests {
             .unwrap()
             .trim_end_matches(['\r', '\n']);
         assert_eq!(render_line(LogFormat::Cs, &r), text);
+    }
+
+    #[test]
+    fn text_fields_borrow_from_the_line() {
+        // A line the filter drops must cost no allocation: every text field it holds as is
+        // stays a slice of the line.
+        let text = line(&base_fields());
+        let r = parse_line(LogFormat::Cs, text.as_bytes(), &ParseLimits::default()).unwrap();
+        for (name, field) in [
+            ("time_local", &r.time_local),
+            ("time_iso8601", &r.time_iso8601),
+            ("request", &r.request),
+            ("request_method", &r.request_method),
+            ("http_referer", &r.http_referer),
+            ("remote_addr", &r.remote_addr),
+            ("http_user_agent", &r.http_user_agent),
+            ("server_addr", &r.server_addr),
+            ("http_cookie", &r.http_cookie),
+        ] {
+            assert!(matches!(field, Cow::Borrowed(_)), "{name} was copied");
+        }
     }
 
     #[test]
@@ -289,18 +313,18 @@ mod tests {
             };
             let rec = LogRecord {
                 time_ms: ms,
-                time_iso8601: time::format_iso8601(ms, off),
-                time_local: time::format_time_local(ms, off),
-                request: s[0].clone(),
-                request_method: s[1].clone(),
-                content_type: s[2].clone(),
-                request_body: s[3].clone(),
-                http_referer: s[4].clone(),
-                remote_addr,
-                http_user_agent: s[5].clone(),
-                server_addr: s[6].clone(),
-                host: String::new(),
-                http_cookie: s[7].clone(),
+                time_iso8601: time::format_iso8601(ms, off).into(),
+                time_local: time::format_time_local(ms, off).into(),
+                request: s[0].clone().into(),
+                request_method: s[1].clone().into(),
+                content_type: s[2].clone().into(),
+                request_body: s[3].clone().into(),
+                http_referer: s[4].clone().into(),
+                remote_addr: remote_addr.into(),
+                http_user_agent: s[5].clone().into(),
+                server_addr: s[6].clone().into(),
+                host: String::new().into(),
+                http_cookie: s[7].clone().into(),
                 connections_active: conn,
                 status: None,
                 body_bytes_sent: None,

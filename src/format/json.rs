@@ -83,31 +83,39 @@ fn loose_u64(v: &Option<Loose<'_>>) -> Option<u64> {
 
 type Str<'a> = Option<Cow<'a, str>>;
 
+/// A string field, borrowed from the line when the line holds it unescaped: serde's `borrow`
+/// borrows only a bare `Cow`, and decodes one inside an `Option` into a new `String`.
+fn borrowed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Str<'de>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Option::<Borrowed<'de>>::deserialize(d).map(|v| v.map(|b| b.0))
+}
+
 #[derive(Deserialize)]
 struct Raw<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     time_iso8601: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     time_local: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     remote_addr: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     request: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     request_method: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     content_type: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     request_body: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     http_referer: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     http_user_agent: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     http_cookie: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     server_addr: Str<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     host: Str<'a>,
     #[serde(borrow, default)]
     status: Option<Loose<'a>>,
@@ -119,8 +127,8 @@ struct Raw<'a> {
     connections_active: Option<Loose<'a>>,
 }
 
-fn owned(v: Str<'_>) -> String {
-    v.map(Cow::into_owned).unwrap_or_default()
+fn text(v: Str<'_>) -> Cow<'_, str> {
+    v.unwrap_or(Cow::Borrowed(""))
 }
 
 fn json_err(e: serde_json::Error) -> ParseError {
@@ -139,31 +147,34 @@ fn json_err(e: serde_json::Error) -> ParseError {
     )
 }
 
-pub(crate) fn parse(line: &str) -> Result<LogRecord, ParseError> {
+pub(crate) fn parse(line: &str) -> Result<LogRecord<'_>, ParseError> {
     let raw: Raw<'_> = serde_json::from_str(line).map_err(json_err)?;
-    let remote_addr = normalize_ip(raw.remote_addr.as_deref().unwrap_or(""))?;
+    let remote_addr = match &raw.remote_addr {
+        Some(Cow::Borrowed(addr)) => normalize_ip(addr)?,
+        other => Cow::Owned(normalize_ip(other.as_deref().unwrap_or(""))?.into_owned()),
+    };
     let iso = raw.time_iso8601.as_deref().unwrap_or("");
     let local = raw.time_local.as_deref().unwrap_or("");
     let (time_ms, rendered_iso) = resolve_time(iso, local)?;
-    let request = owned(raw.request);
+    let request = text(raw.request);
     let request_method = match raw.request_method {
-        Some(m) => m.into_owned(),
-        None => method_of(&request).to_string(),
+        Some(m) => m,
+        None => Cow::Owned(method_of(&request).to_string()),
     };
     Ok(LogRecord {
         time_ms,
-        time_iso8601: rendered_iso.unwrap_or_else(|| owned(raw.time_iso8601)),
-        time_local: owned(raw.time_local),
+        time_iso8601: rendered_iso.map_or_else(|| text(raw.time_iso8601), Cow::Owned),
+        time_local: text(raw.time_local),
         request,
         request_method,
-        content_type: owned(raw.content_type),
-        request_body: owned(raw.request_body),
-        http_referer: owned(raw.http_referer),
+        content_type: text(raw.content_type),
+        request_body: text(raw.request_body),
+        http_referer: text(raw.http_referer),
         remote_addr,
-        http_user_agent: owned(raw.http_user_agent),
-        server_addr: owned(raw.server_addr),
-        host: owned(raw.host),
-        http_cookie: owned(raw.http_cookie),
+        http_user_agent: text(raw.http_user_agent),
+        server_addr: text(raw.server_addr),
+        host: text(raw.host),
+        http_cookie: text(raw.http_cookie),
         connections_active: loose_u64(&raw.connections_active).and_then(|v| v.try_into().ok()),
         status: loose_u64(&raw.status).and_then(|v| v.try_into().ok()),
         body_bytes_sent: loose_u64(&raw.body_bytes_sent),
@@ -226,8 +237,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn p(line: &str) -> Result<LogRecord, ParseError> {
+    fn p(line: &str) -> Result<LogRecord<'static>, ParseError> {
         parse_line(LogFormat::Json, line.as_bytes(), &ParseLimits::default())
+            .map(LogRecord::into_owned)
+    }
+
+    #[test]
+    fn unescaped_text_fields_borrow_from_the_line() {
+        let text = r#"{"time_iso8601":"2020-04-03T16:39:49+08:00","remote_addr":"1.2.3.4","request":"GET /a HTTP/1.1","http_user_agent":"UA \"q\"","http_cookie":"JSESSIONID=abc"}"#;
+        let r = parse_line(LogFormat::Json, text.as_bytes(), &ParseLimits::default()).unwrap();
+        assert!(matches!(r.request, Cow::Borrowed("GET /a HTTP/1.1")));
+        assert!(matches!(r.remote_addr, Cow::Borrowed("1.2.3.4")));
+        assert!(matches!(r.http_cookie, Cow::Borrowed("JSESSIONID=abc")));
+        assert!(matches!(r.time_iso8601, Cow::Borrowed(_)));
+        // A value with escapes is decoded into its own string.
+        assert!(matches!(&r.http_user_agent, Cow::Owned(ua) if ua == "UA \"q\""));
     }
 
     #[test]
@@ -267,7 +291,7 @@ mod tests {
         assert_eq!(p(l2).unwrap().request_method, "");
         let l3 = r#"{"time_iso8601":"2020-04-03T16:39:49Z","remote_addr":"1.2.3.4","request":"-","status":70000,"body_bytes_sent":1e3,"request_time":-1}"#;
         let r3 = p(l3).unwrap();
-        assert_eq!((r3.request_method.as_str(), r3.status), ("", None));
+        assert_eq!((&*r3.request_method, r3.status), ("", None));
         assert_eq!(r3.body_bytes_sent, Some(1000));
         assert_eq!(r3.request_time, Some(-1.0));
     }
@@ -332,18 +356,18 @@ mod tests {
             };
             let rec = LogRecord {
                 time_ms: ms,
-                time_iso8601: time::format_iso8601(ms, off),
-                time_local: s[0].clone(),
-                request: s[1].clone(),
-                request_method: s[2].clone(),
-                content_type: s[3].clone(),
-                request_body: s[4].clone(),
-                http_referer: s[5].clone(),
-                remote_addr,
-                http_user_agent: s[6].clone(),
-                server_addr: s[7].clone(),
-                host: s[8].clone(),
-                http_cookie: s[9].clone(),
+                time_iso8601: time::format_iso8601(ms, off).into(),
+                time_local: s[0].clone().into(),
+                request: s[1].clone().into(),
+                request_method: s[2].clone().into(),
+                content_type: s[3].clone().into(),
+                request_body: s[4].clone().into(),
+                http_referer: s[5].clone().into(),
+                remote_addr: remote_addr.into(),
+                http_user_agent: s[6].clone().into(),
+                server_addr: s[7].clone().into(),
+                host: s[8].clone().into(),
+                http_cookie: s[9].clone().into(),
                 connections_active: conn,
                 status,
                 body_bytes_sent: bytes,

@@ -26,6 +26,7 @@ pub mod cs;
 pub mod json;
 pub mod time;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -183,11 +184,11 @@ impl Default for ParseLimits {
 }
 
 /// Parses one access-log line (with or without its trailing newline).
-pub fn parse_line(
+pub fn parse_line<'a>(
     format: LogFormat,
-    line: &[u8],
+    line: &'a [u8],
     limits: &ParseLimits,
-) -> Result<LogRecord, ParseError> {
+) -> Result<LogRecord<'a>, ParseError> {
     let mut end = line.len();
     while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
         end -= 1;
@@ -274,13 +275,13 @@ pub(crate) fn find2(hay: &[u8], from: usize, a: u8, b: u8) -> Option<usize> {
 }
 
 /// `remote_addr` (surrounding whitespace allowed) → normalized IP text, else `BadRemoteAddr`.
-pub(crate) fn normalize_ip(s: &str) -> Result<String, ParseError> {
+pub(crate) fn normalize_ip(s: &str) -> Result<Cow<'_, str>, ParseError> {
     let t = s.trim();
     match t.parse::<IpAddr>() {
         // std's IPv4 parser only accepts the canonical dotted quad (no leading zeros), so the
         // text is already what `Display` would write.
-        Ok(IpAddr::V4(_)) => Ok(t.to_string()),
-        Ok(ip) => Ok(ip.to_string()),
+        Ok(IpAddr::V4(_)) => Ok(Cow::Borrowed(t)),
+        Ok(ip) => Ok(Cow::Owned(ip.to_string())),
         Err(_) if t.is_empty() => Err(ParseError::new(
             ParseErrorKind::BadRemoteAddr,
             "remote_addr is empty",
