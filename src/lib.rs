@@ -27,6 +27,7 @@ pub mod format;
 pub mod gen;
 pub mod harness;
 pub mod latency;
+pub mod memo;
 pub mod monitor;
 pub mod opprof;
 pub mod ops;

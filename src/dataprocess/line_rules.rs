@@ -7,13 +7,10 @@
 //! The tables keep their own compiled sets, and their semantics: [`Filter`], [`Classifier`]
 //! and [`Analyzer`] decide, given which patterns matched.
 //!
-//! Request lines repeat (a site has a few hundred pages and APIs; in a generated hour 85 % of
-//! lines repeat one of the last 200 000), so each thread remembers the answers for the last
-//! [`MEMO_LINES`] distinct lines it searched: a repeated line costs a hash lookup, not a
-//! regex search (the search was ~5 % of a replay's instructions).
+//! Each thread remembers the answers for the last distinct lines it searched
+//! ([`crate::memo`]): the search was ~5 % of a replay's instructions.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,6 +19,7 @@ use regex::RegexSet;
 
 use super::{Analyzer, Classifier, Filter};
 use crate::event::{BehaviorType, FlightType};
+use crate::memo::LineMemo;
 
 /// The request-line patterns of the three tables, and where each table's are in the set.
 #[derive(Clone, Debug)]
@@ -47,10 +45,6 @@ impl LineMatches {
     }
 }
 
-/// Distinct request lines whose answers a thread remembers; all are forgotten when full (the
-/// frequent ones come back at once). A few hundred KiB.
-const MEMO_LINES: usize = 2048;
-
 /// Numbers each [`LineRules`] built, for [`Memo`].
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -58,7 +52,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 #[derive(Default)]
 struct Memo {
     id: u64,
-    answers: HashMap<Box<str>, LineMatches, foldhash::fast::FixedState>,
+    answers: LineMemo<LineMatches>,
 }
 
 thread_local! {
@@ -105,15 +99,8 @@ impl LineRules {
                 memo.id = self.id;
                 memo.answers.clear();
             }
-            if let Some(m) = memo.answers.get(request) {
-                return m.clone();
-            }
-            let m = self.search(request);
-            if memo.answers.len() >= MEMO_LINES {
-                memo.answers.clear();
-            }
-            memo.answers.insert(request.into(), m.clone());
-            m
+            memo.answers
+                .get_or_insert_with(request, || self.search(request))
         })
     }
 
@@ -230,7 +217,7 @@ mod tests {
         }
         // More distinct lines than are remembered, each asked twice: memo or not, the same.
         for round in 0..2 {
-            for i in 0..3 * super::MEMO_LINES {
+            for i in 0..3 * crate::memo::MEMO_LINES {
                 let line = match i % 3 {
                     0 => format!("GET /B2C40/dist/{i}.css HTTP/1.1"),
                     1 => format!("GET /page?id={i} HTTP/1.1"),

@@ -272,21 +272,24 @@ mod tests {
         assert_eq!(t.rule.len(), 8);
         assert!(t.process_info.iter().any(|p| p.status == 0));
         assert!(!t.critical_pages.is_empty());
-        let apps = crate::anomaly::AppRules::new(t.service_app.clone()).unwrap();
-        let req = |line: &str| apps.app_of("10.0.0.1", "b2c.csair.com", line);
+        let mut apps = crate::anomaly::AppRules::new(t.service_app.clone()).unwrap();
+        let mut req = |line: &str| apps.app_of("10.0.0.1", "b2c.csair.com", line);
         assert_eq!(
-            req("POST /B2C40/query/jaxb/direct/query.ao HTTP/1.1"),
+            req("POST /B2C40/query/jaxb/direct/query.ao HTTP/1.1").as_deref(),
             Some("2001")
         );
         assert_eq!(
-            req("POST /B2C40/bookingnew/order/create.ao HTTP/1.1"),
+            req("POST /B2C40/bookingnew/order/create.ao HTTP/1.1").as_deref(),
             Some("2002")
         );
         assert_eq!(
-            req("GET /B2C40/dist/main/css/flight.css HTTP/1.1"),
+            req("GET /B2C40/dist/main/css/flight.css HTTP/1.1").as_deref(),
             Some("2000")
         );
-        assert_eq!(apps.app_of("", "", "GET /x HTTP/1.1"), Some("2000"));
+        assert_eq!(
+            apps.app_of("", "", "GET /x HTTP/1.1").as_deref(),
+            Some("2000")
+        );
         let normal = crate::anomaly::normal::rule_for(&t.service_normal, "2001");
         assert_eq!(normal.response_time_max, 1.2);
         assert_eq!(normal.fail_rate_max, 0.2);
