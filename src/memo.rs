@@ -46,12 +46,35 @@ impl<V: Clone> LineMemo<V> {
     }
 
     /// How many lines are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.answers.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.answers.is_empty()
+    }
+}
+
+/// Which of a table's patterns a line matches, the usual answer to remember: bit `i` for
+/// pattern `i`, inline up to 128 patterns (so a remembered answer is copied, not allocated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatternBits(smallvec::SmallVec<[u64; 2]>);
+
+impl PatternBits {
+    /// The bits of `matched` among `patterns` patterns.
+    pub fn new(patterns: usize, matched: impl IntoIterator<Item = usize>) -> PatternBits {
+        let mut bits = smallvec::smallvec![0u64; patterns.div_ceil(64)];
+        for i in matched {
+            bits[i / 64] |= 1 << (i % 64);
+        }
+        PatternBits(bits)
+    }
+
+    /// Whether pattern `i` matched.
+    pub fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 }
 
@@ -80,5 +103,13 @@ mod tests {
         assert_eq!(memo.len(), 1);
         memo.clear();
         assert!(memo.is_empty());
+    }
+
+    #[test]
+    fn pattern_bits_hold_what_matched() {
+        let bits = PatternBits::new(130, [0, 63, 64, 129]);
+        let set: Vec<usize> = (0..140).filter(|&i| bits.contains(i)).collect();
+        assert_eq!(set, vec![0, 63, 64, 129]);
+        assert!(!PatternBits::new(0, []).contains(0));
     }
 }

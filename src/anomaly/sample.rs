@@ -7,7 +7,7 @@ use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::event::LogRecord;
-use crate::memo::LineMemo;
+use crate::memo::{LineMemo, PatternBits};
 use crate::rulecompute::Coll;
 
 /// Length of a sample bucket: one minute, in milliseconds.
@@ -138,11 +138,8 @@ pub struct AppRules {
     /// Per recent request line, which rules' `url_regex` it matches (bit `i` for the rule at
     /// position `i`; a rule without one always matches): every request is tested, and the
     /// regex searches were ~1.7 % of a replay's instructions.
-    url_matches: LineMemo<RuleBits>,
+    url_matches: LineMemo<PatternBits>,
 }
-
-/// A bit per app rule.
-type RuleBits = smallvec::SmallVec<[u64; 1]>;
 
 fn glob_match(pattern: &str, value: &str) -> bool {
     if pattern.is_empty() || pattern == "*" {
@@ -190,18 +187,14 @@ impl AppRules {
     fn rule_of(&mut self, server_addr: &str, host: &str, request: &str) -> Option<usize> {
         let rules = &self.rules;
         let url = self.url_matches.get_or_insert_with(request, || {
-            let mut bits = smallvec::smallvec![0u64; rules.len().div_ceil(64)];
-            for (i, (_, re)) in rules.iter().enumerate() {
-                if re.as_ref().is_none_or(|re| re.is_match(request)) {
-                    bits[i / 64] |= 1 << (i % 64);
-                }
-            }
-            bits
+            let matched = rules
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, re))| re.as_ref().is_none_or(|re| re.is_match(request)));
+            PatternBits::new(rules.len(), matched.map(|(i, _)| i))
         });
         rules.iter().enumerate().position(|(i, (r, _))| {
-            url[i / 64] & (1 << (i % 64)) != 0
-                && glob_match(&r.server_addr, server_addr)
-                && glob_match(&r.host, host)
+            url.contains(i) && glob_match(&r.server_addr, server_addr) && glob_match(&r.host, host)
         })
     }
 

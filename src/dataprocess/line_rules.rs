@@ -19,7 +19,7 @@ use regex::RegexSet;
 
 use super::{Analyzer, Classifier, Filter};
 use crate::event::{BehaviorType, FlightType};
-use crate::memo::LineMemo;
+use crate::memo::{LineMemo, PatternBits};
 
 /// The request-line patterns of the three tables, and where each table's are in the set.
 #[derive(Clone, Debug)]
@@ -34,16 +34,8 @@ pub struct LineRules {
     analyze: Range<usize>,
 }
 
-/// Which patterns of a [`LineRules`] one request line fully matches: bit `i` for pattern `i`
-/// (inline up to 128 patterns, so a remembered answer is copied, not allocated).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LineMatches(smallvec::SmallVec<[u64; 2]>);
-
-impl LineMatches {
-    fn matched(&self, i: usize) -> bool {
-        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-}
+/// Which patterns of a [`LineRules`] one request line fully matches.
+pub type LineMatches = PatternBits;
 
 /// Numbers each [`LineRules`] built, for [`Memo`].
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -106,26 +98,22 @@ impl LineRules {
 
     /// One search of `request` against every pattern.
     fn search(&self, request: &str) -> LineMatches {
-        let mut bits = smallvec::smallvec![0u64; self.set.len().div_ceil(64)];
-        for i in self.set.matches(request).iter() {
-            bits[i / 64] |= 1 << (i % 64);
-        }
-        LineMatches(bits)
+        PatternBits::new(self.set.len(), self.set.matches(request).iter())
     }
 
     /// [`Filter::is_filtered`].
     pub fn is_filtered(&self, m: &LineMatches) -> bool {
-        self.filter.clone().any(|i| m.matched(i))
+        self.filter.clone().any(|i| m.contains(i))
     }
 
     /// [`Classifier::classify`].
     pub fn classify(&self, classifier: &Classifier, m: &LineMatches) -> (FlightType, BehaviorType) {
-        classifier.classify_with(|list| self.classes[list].clone().any(|i| m.matched(i)))
+        classifier.classify_with(|list| self.classes[list].clone().any(|i| m.contains(i)))
     }
 
     /// Whether the line matches the expression of the `rule`-th analyze rule.
     pub fn analyze_matches(&self, m: &LineMatches, rule: usize) -> bool {
-        m.matched(self.analyze.start + rule)
+        m.contains(self.analyze.start + rule)
     }
 }
 

@@ -26,7 +26,7 @@
 use std::borrow::Cow;
 
 use super::{
-    find2, method_of, normalize_ip, time, time_local_offset, time_local_to_iso8601, ParseError,
+    find2, method_of_cow, normalize_ip, time, time_local_offset, time_local_to_iso8601, ParseError,
     ParseErrorKind,
 };
 use crate::event::LogRecord;
@@ -275,10 +275,7 @@ pub(crate) fn parse(line: &str) -> Result<LogRecord<'_>, ParseError> {
             "time_local is not a valid nginx time (dd/Mon/yyyy:HH:MM:SS +hhmm)",
         )
     })?;
-    let request_method = match &request {
-        Cow::Borrowed(r) => Cow::Borrowed(method_of(r)),
-        Cow::Owned(r) => Cow::Owned(method_of(r).to_string()),
-    };
+    let request_method = method_of_cow(&request);
     Ok(LogRecord {
         time_ms,
         time_iso8601: time_local_to_iso8601(time_local)
@@ -556,7 +553,7 @@ mod tests {
             } else {
                 std::net::Ipv4Addr::from(ip).to_string()
             };
-            let request_method = method_of(&request).to_string();
+            let request_method = super::super::method_of(&request).to_string();
             let rec = LogRecord {
                 time_ms: ms,
                 time_iso8601: time::format_iso8601(ms, off).into(),

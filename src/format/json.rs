@@ -15,7 +15,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::{method_of, normalize_ip, resolve_time, ParseError, ParseErrorKind};
+use super::{method_of_cow, normalize_ip, resolve_time, ParseError, ParseErrorKind};
 use crate::event::LogRecord;
 
 /// A number given as a JSON number or a string.
@@ -159,7 +159,7 @@ pub(crate) fn parse(line: &str) -> Result<LogRecord<'_>, ParseError> {
     let request = text(raw.request);
     let request_method = match raw.request_method {
         Some(m) => m,
-        None => Cow::Owned(method_of(&request).to_string()),
+        None => method_of_cow(&request),
     };
     Ok(LogRecord {
         time_ms,

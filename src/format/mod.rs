@@ -296,6 +296,14 @@ pub(crate) fn normalize_ip(s: &str) -> Result<Cow<'_, str>, ParseError> {
     }
 }
 
+/// [`method_of`] a request line that may be borrowed from the log line: borrowed too then.
+pub(crate) fn method_of_cow<'a>(request: &Cow<'a, str>) -> Cow<'a, str> {
+    match request {
+        Cow::Borrowed(r) => Cow::Borrowed(method_of(r)),
+        Cow::Owned(r) => Cow::Owned(method_of(r).to_string()),
+    }
+}
+
 /// The method of a request line shaped `METHOD URI [PROTO]` (METHOD = 1..=32 chars of
 /// `A-Z`, `0-9`, `-`, `_`, starting with a letter), else `""` (e.g. nginx's `-` or TLS bytes).
 pub(crate) fn method_of(request: &str) -> &str {
