@@ -43,14 +43,9 @@ fn generated_log(dir: &Path, lines: u64, minutes: u64) -> PathBuf {
     log
 }
 
-/// Two ports on 127.0.0.1 that were free a moment ago.
+/// Two ports on 127.0.0.1 that were free a moment ago (see [`support::free_port`]).
 fn free_ports() -> [u16; 2] {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    [
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    ]
+    [support::free_port(), support::free_port()]
 }
 
 /// Runs `replay` as a 2-process cluster with `threads` workers per process into `out`.

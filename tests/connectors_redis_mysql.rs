@@ -87,6 +87,21 @@ fn rule_files() -> RuleTables {
     sorted(RuleTables::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap())
 }
 
+/// The servers' ports come from below the kernel's ephemeral range (where no outgoing
+/// connection can take them before the server binds) and no two are alike in one run.
+#[test]
+fn test_server_ports_are_outside_the_ephemeral_range_and_distinct() {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map(|s| s.split_whitespace().next().unwrap().parse().unwrap())
+        .unwrap_or(32768);
+    let ports: Vec<u16> = (0..200).map(|_| support::free_port()).collect();
+    for p in &ports {
+        assert!((10000..ephemeral_low).contains(p), "port {p}");
+    }
+    let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+    assert_eq!(distinct.len(), ports.len());
+}
+
 #[test]
 fn blacklist_key_ttl_refresh_clear_and_monitor_records() {
     let server = RedisServer::start();

@@ -27,12 +27,46 @@ pub fn copy_rules(to: &Path) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a test server to bind.
+///
+/// Why not port 0: the kernel hands out ports 0 from its ephemeral range, the same range it
+/// takes the local ports of outgoing connections from. Between this function and the
+/// server's bind, any client in the test run (a Kafka producer, a MySQL client) could take
+/// the port; CI saw mariadbd fail with "Address already in use" that way. Ports below the
+/// ephemeral range are never given to outgoing connections, so a port picked there stays
+/// free unless another test picks it, which the process-wide counter prevents.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("cannot bind 127.0.0.1:0")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = below_ephemeral_ports();
+    let span = u32::from(high - low);
+    // Different test binaries (run one after another) start at different places, so a
+    // server still closing from the previous binary is unlikely to be in the way.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((start + i) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {low}..{high}")
+}
+
+/// Ports `low..high` below the kernel's ephemeral range (`ip_local_port_range`), and above
+/// the well-known and commonly configured ones.
+fn below_ephemeral_ports() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    assert!(
+        ephemeral_low > 12000,
+        "the ephemeral port range starts at {ephemeral_low}: the test servers need ports \
+         10000..{ephemeral_low} that outgoing connections cannot take; raise \
+         net.ipv4.ip_local_port_range's lower bound"
+    );
+    (10000, ephemeral_low)
 }
 
 /// Finds a server binary on the PATH or in the sbin directories (Debian puts daemons there).
@@ -274,10 +308,13 @@ impl MariaDb {
             cmd.arg("--user=root");
         }
         self.child = Some(cmd.spawn().expect("cannot spawn mariadbd"));
+        let mut exited = false;
         let ok = wait_until(Duration::from_secs(60), || {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(_)) = c.try_wait() {
-                    return false;
+                    // Gone (e.g. its port was taken): the log says why; no use waiting.
+                    exited = true;
+                    return true;
                 }
             }
             self.client(None)
@@ -286,11 +323,16 @@ impl MariaDb {
                 .map(|o| o.status.success())
                 .unwrap_or(false)
         });
-        if !ok {
+        if !ok || exited {
             let tail = log_tail(&self.log_path(), 40);
             kill_child(&mut self.child, false);
+            let how = if exited {
+                "exited"
+            } else {
+                "did not accept connections within 60 s"
+            };
             panic!(
-                "mariadbd on 127.0.0.1:{} did not accept connections within 60 s; log tail:\n{tail}",
+                "mariadbd on 127.0.0.1:{} {how}; log tail:\n{tail}",
                 self.port
             );
         }
