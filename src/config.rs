@@ -296,6 +296,11 @@ pub struct EngineConfig {
     /// make fewer, larger batches for the arrangements to merge, at the cost of more data in
     /// flight.
     pub step_lines: usize,
+    /// Merge work each arrangement does whenever it is scheduled and its trace is not yet one
+    /// batch (differential's idle merge effort, in updates; 0 = merge only as new batches
+    /// arrive). Merging ahead keeps the window's traces in fewer, consolidated batches: the
+    /// joins and reduces read fewer batches and retractions cancel their insertions sooner.
+    pub merge_effort: usize,
     /// Processes in the cluster (1: this process alone), see `cluster`.
     pub processes: usize,
     /// This process, `0..processes`.
@@ -311,6 +316,7 @@ impl Default for EngineConfig {
             workers: 1,
             batch_lines: 8192,
             step_lines: 32768,
+            merge_effort: 10_000,
             processes: 1,
             process: 0,
             hostfile: None,

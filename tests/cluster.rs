@@ -221,6 +221,48 @@ fn two_processes_on_loopback_match_one() {
     }
 }
 
+/// Merging ahead (`engine.merge_effort`) changes when the traces' batches are merged, never
+/// what they hold: off, the default and an extreme effort give the same outputs.
+#[test]
+fn merge_effort_changes_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = generated_log(dir.path(), 30_000, 12);
+    let rules = rules_dir();
+    let replay = |name: &str, effort: Option<usize>| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "replay".to_string(),
+            log.to_str().unwrap().to_string(),
+            "--rules".to_string(),
+            rules.to_str().unwrap().to_string(),
+            "--out".to_string(),
+            out.to_str().unwrap().to_string(),
+            "-w".to_string(),
+            "2".to_string(),
+        ];
+        if let Some(effort) = effort {
+            let config = dir.path().join(format!("{name}.toml"));
+            std::fs::write(&config, format!("[engine]\nmerge_effort = {effort}\n")).unwrap();
+            args.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ok(&args);
+        (
+            decisions(&single(&out, "blacklist.jsonl")),
+            set(&single(&out, "indicators.jsonl")),
+            processed(&single(&out, "processed_query.cs")),
+            set(&single(&out, "deadletter.jsonl")),
+        )
+    };
+    let default = replay("default", None);
+    assert!(default.0.len() >= 5 && default.1.len() > 100);
+    assert!(default == replay("off", Some(0)), "merge_effort = 0");
+    assert!(
+        default == replay("eager", Some(1_000_000)),
+        "merge_effort = 1000000"
+    );
+}
+
 #[test]
 fn a_bad_hostfile_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
