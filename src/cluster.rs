@@ -728,8 +728,8 @@ impl Control {
 /// leaves differential's default, merging only as batches arrive).
 ///
 /// Why: measured on the 5M-line replay with 2 workers, 1000–10000 took 5–15 % off the wall
-/// time and 10 % off peak RSS (see BENCHMARKS.md, session 19); 100000 and more delayed live
-/// ticks (a scheduling did too much merging at once), 10000 did not.
+/// time and 10–15 % off peak RSS (see BENCHMARKS.md, session 19). The engine leaves it off
+/// for live input, where it cost memory and latency.
 pub fn worker_config(merge_effort: usize) -> timely::WorkerConfig {
     let mut config = timely::WorkerConfig::default();
     if merge_effort > 0 {

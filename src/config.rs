@@ -296,10 +296,13 @@ pub struct EngineConfig {
     /// make fewer, larger batches for the arrangements to merge, at the cost of more data in
     /// flight.
     pub step_lines: usize,
-    /// Merge work each arrangement does whenever it is scheduled and its trace is not yet one
-    /// batch (differential's idle merge effort, in updates; 0 = merge only as new batches
-    /// arrive). Merging ahead keeps the window's traces in fewer, consolidated batches: the
-    /// joins and reduces read fewer batches and retractions cancel their insertions sooner.
+    /// On a bounded input (a replay, a Kafka backfill with `stop_at_end`): merge work each
+    /// arrangement does whenever it is scheduled and its trace is not yet one batch
+    /// (differential's idle merge effort, in updates; 0 = merge only as new batches arrive).
+    /// Merging ahead keeps the window's traces in fewer, consolidated batches: the joins and
+    /// reduces read fewer batches and retractions cancel their insertions sooner. Live input
+    /// always merges only as batches arrive: there, merging ahead raised the peak RSS of a
+    /// full window by 500 MB and doubled the p99 latency (BENCHMARKS.md, session 19).
     pub merge_effort: usize,
     /// Processes in the cluster (1: this process alone), see `cluster`.
     pub processes: usize,

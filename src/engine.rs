@@ -195,7 +195,11 @@ pub fn run_with(
     let workers = cfg.engine.workers;
     // Several processes: each writes its share of the outputs to files of its own
     // (`blacklist.p1.jsonl`, ...); see `cluster::Cluster::output_path`.
-    let cluster = crate::cluster::Cluster::from_config(&cfg.engine)?;
+    let mut cluster = crate::cluster::Cluster::from_config(&cfg.engine)?;
+    if opts.live {
+        // Merging ahead pays on a bounded input only (see `engine.merge_effort`).
+        cluster.merge_effort = 0;
+    }
     let ext = match cfg.output.processed_format {
         ProcessedFormat::Cs => "cs",
         ProcessedFormat::Json => "jsonl",
