@@ -3,7 +3,7 @@
 //! the original's `cat_resource` JSON shape.
 
 use differential_dataflow::operators::CountTotal;
-use regex::{Regex, RegexSet};
+use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::event::LogRecord;
@@ -134,12 +134,10 @@ pub struct AppRule {
 /// The app rules, compiled and ordered by id; the first matching rule wins.
 #[derive(Clone, Debug, Default)]
 pub struct AppRules {
-    rules: Vec<AppRule>,
-    /// Every rule's `url_regex`, pattern `i` for the rule at position `i` (a rule without one
-    /// has the empty pattern, which matches every line): one search per line.
-    urls: RegexSet,
-    /// Per recent request line, which patterns of `urls` it matches: every request is tested,
-    /// and the regex searches were ~1.7 % of a replay's instructions.
+    rules: Vec<(AppRule, Option<Regex>)>,
+    /// Per recent request line, which rules' `url_regex` it matches (bit `i` for the rule at
+    /// position `i`; a rule without one always matches): every request is tested, and the
+    /// regex searches were ~1.7 % of a replay's instructions.
     url_matches: LineMemo<PatternBits>,
 }
 
@@ -157,16 +155,22 @@ impl AppRules {
     /// Compiles the rules; a rule with an invalid regex is an error naming its id.
     pub fn new(mut rules: Vec<AppRule>) -> Result<Self, String> {
         rules.sort_by_key(|r| r.id);
-        // Each pattern alone first, so that an error names the rule.
-        for r in &rules {
-            Regex::new(&r.url_regex)
-                .map_err(|e| format!("app rule {}: bad url_regex: {e}", r.id))?;
-        }
-        let urls = RegexSet::new(rules.iter().map(|r| &r.url_regex))
-            .map_err(|e| format!("app rules: url_regex patterns together: {e}"))?;
+        let rules = rules
+            .into_iter()
+            .map(|r| {
+                let re = if r.url_regex.is_empty() {
+                    None
+                } else {
+                    Some(
+                        Regex::new(&r.url_regex)
+                            .map_err(|e| format!("app rule {}: bad url_regex: {e}", r.id))?,
+                    )
+                };
+                Ok((r, re))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(AppRules {
             rules,
-            urls,
             url_matches: LineMemo::default(),
         })
     }
@@ -181,18 +185,22 @@ impl AppRules {
 
     /// The position of the first (lowest id) rule matching a request.
     fn rule_of(&mut self, server_addr: &str, host: &str, request: &str) -> Option<usize> {
-        let urls = &self.urls;
+        let rules = &self.rules;
         let url = self.url_matches.get_or_insert_with(request, || {
-            PatternBits::new(urls.len(), urls.matches(request).iter())
+            let matched = rules
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, re))| re.as_ref().is_none_or(|re| re.is_match(request)));
+            PatternBits::new(rules.len(), matched.map(|(i, _)| i))
         });
-        self.rules.iter().enumerate().position(|(i, r)| {
+        rules.iter().enumerate().position(|(i, (r, _))| {
             url.contains(i) && glob_match(&r.server_addr, server_addr) && glob_match(&r.host, host)
         })
     }
 
     /// The appid of the rule at `index` (from [`AppRules::request_by_rule`]).
     pub fn appid(&self, index: usize) -> &str {
-        &self.rules[index].appid
+        &self.rules[index].0.appid
     }
 
     /// The input of [`service_samples`] for one log record: `(appid, minute start ms,
