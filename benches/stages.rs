@@ -68,6 +68,18 @@ fn per_line(c: &mut Criterion) {
                     .count()
             })
         });
+        // The service samples' app of each record (`rules/service_app_rule.toml`): every
+        // line is mapped, and a single `RegexSet` here once cost 9 % of a replay.
+        let mut apps =
+            antispider::anomaly::AppRules::new(tables.service_app.clone()).expect("app rules");
+        g.bench_function("service_app", |b| {
+            b.iter(|| {
+                records
+                    .iter()
+                    .filter(|r| apps.request_by_rule(r).is_some())
+                    .count()
+            })
+        });
         g.finish();
     }
 }
