@@ -198,6 +198,14 @@ pub fn run_with(
     let mut cluster = crate::cluster::Cluster::from_config(&cfg.engine)?;
     if opts.live {
         // Merging ahead pays on a bounded input only (see `engine.merge_effort`).
+        let default = crate::config::EngineConfig::default().merge_effort;
+        if cluster.merge_effort != 0 && cluster.merge_effort != default {
+            tracing::warn!(
+                "engine.merge_effort = {} is not used for live input (only replays and Kafka \
+                 backfills with stop_at_end merge ahead); remove the key or set it to 0",
+                cluster.merge_effort
+            );
+        }
         cluster.merge_effort = 0;
     }
     let ext = match cfg.output.processed_format {

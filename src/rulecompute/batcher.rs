@@ -155,8 +155,16 @@ where
             // The usual case past the window's first arrangements: all of it, sealed as is.
             pending
         } else {
-            let mut ready = Vec::with_capacity(kept.len() + pending.len());
+            // Both sides sized once (at most what each can get): `kept` grown push by push
+            // re-allocated and page-faulted its way up at every extraction.
+            let later = kept
+                .iter()
+                .chain(&pending)
+                .filter(|u| !before_upper(u))
+                .count();
+            let mut ready = Vec::with_capacity(kept.len() + pending.len() - later);
             let keep = &mut self.kept;
+            keep.reserve_exact(later);
             merge_into(kept, pending.into_iter(), |u| {
                 if before_upper(&u) {
                     ready.push(u);

@@ -141,8 +141,13 @@ pub struct WinRecord {
     pub request_hash: u64,
     pub ua_hash: u64,
     pub cookie_hash: u64,
-    pub journey_hash: Option<u64>,
+    /// [`NO_JOURNEY`] when the request carried no query: a plain `u64` keeps the record at
+    /// 64 bytes (an `Option` made it 72), and the window holds one per event for `W`.
+    pub journey_hash: u64,
 }
+
+/// [`WinRecord::journey_hash`] of a request without a journey ([`stable_hash`] never gives 0).
+pub const NO_JOURNEY: u64 = 0;
 
 impl From<&WinEvent> for WinRecord {
     fn from(e: &WinEvent) -> Self {
@@ -152,7 +157,8 @@ impl From<&WinEvent> for WinRecord {
             request_hash: e.request_hash,
             ua_hash: e.ua_hash,
             cookie_hash: e.cookie_hash,
-            journey_hash: e.journey_hash,
+            // A journey hashed to 0 (only a hand-made event can have one) stays a journey.
+            journey_hash: e.journey_hash.map_or(NO_JOURNEY, |j| j.max(1)),
         }
     }
 }
@@ -233,27 +239,38 @@ fn window_with<'s, D: differential_dataflow::Data>(
     use timely::dataflow::operators::Capability;
 
     type Updates<D> = Vec<(D, Time, isize)>;
-    /// The updates of one time: a capability for it, and the chunks (one per message that
+    /// A chunk of retractions: the records of events that entered with diff 1 (the usual
+    /// case; held without a time and diff, 64 bytes per `WinRecord` instead of 80, for all
+    /// of `W`), or any other updates as they are sent.
+    enum Expiring<D> {
+        Units(Vec<D>),
+        Updates(Updates<D>),
+    }
+    /// The retractions of one time: a capability for it, and the chunks (one per message that
     /// held events of that tick, allocated to size).
-    type Held<D> = (Capability<Time>, Vec<Updates<D>>);
-    /// Adds a chunk of updates of time `at` to those held for it.
-    fn stash<D>(
+    type Held<D> = (Capability<Time>, Vec<Expiring<D>>);
+    /// Adds the retractions of time `at` of a chunk of updates to those held for it.
+    fn stash<D: Clone>(
         held: &mut BTreeMap<Time, Held<D>>,
         capability: &Capability<Time>,
         at: Time,
-        chunk: Updates<D>,
+        updates: &[(D, Time, isize)],
+        w: Time,
     ) {
+        let chunk = if updates.iter().all(|u| u.2 == 1) {
+            Expiring::Units(updates.iter().map(|u| u.0.clone()).collect())
+        } else {
+            Expiring::Updates(
+                updates
+                    .iter()
+                    .map(|(e, t, r)| (e.clone(), t + w, -r))
+                    .collect(),
+            )
+        };
         held.entry(at)
             .or_insert_with(|| (capability.delayed(&at), Vec::new()))
             .1
             .push(chunk);
-    }
-    /// The retractions, `W` after `updates`.
-    fn expiring<D: Clone>(updates: &[(D, Time, isize)], w: Time) -> Updates<D> {
-        updates
-            .iter()
-            .map(|(e, t, r)| (e.clone(), t + w, -r))
-            .collect()
     }
 
     let w = spec.length_ms;
@@ -289,12 +306,7 @@ fn window_with<'s, D: differential_dataflow::Data>(
                     while start < data.len() {
                         let t = data[start].1;
                         let len = data[start..].iter().take_while(|u| u.1 == t).count();
-                        stash(
-                            &mut due,
-                            &capability,
-                            t + w,
-                            expiring(&data[start..start + len], w),
-                        );
+                        stash(&mut due, &capability, t + w, &data[start..start + len], w);
                         start += len;
                     }
                     output.session(&capability).give_container(data);
@@ -307,28 +319,36 @@ fn window_with<'s, D: differential_dataflow::Data>(
                     let t = *entry.key();
                     let (capability, mut updates) = entry.remove();
                     differential_dataflow::consolidation::consolidate_updates(&mut updates);
-                    stash(&mut due, &capability, t + w, expiring(&updates, w));
+                    stash(&mut due, &capability, t + w, &updates, w);
                     output.session(&capability).give_container(&mut updates);
                 }
                 // Every input time before an expiry has passed: no later event can still be
                 // retracted earlier, so the retractions of that time go out now, together
                 // with that tick's own events. All that are due go under the earliest one's
                 // capability.
-                let mut released: Option<Held<D>> = None;
+                let mut capability: Option<Capability<Time>> = None;
+                let mut released: Vec<(Time, Vec<Expiring<D>>)> = Vec::new();
                 while let Some(entry) = due.first_entry() {
                     if frontier.less_than(entry.key()) {
                         break;
                     }
-                    let (capability, mut chunks) = entry.remove();
-                    match released.as_mut() {
-                        Some((_, all)) => all.append(&mut chunks),
-                        None => released = Some((capability, chunks)),
-                    }
+                    let at = *entry.key();
+                    let (held, chunks) = entry.remove();
+                    capability.get_or_insert(held);
+                    released.push((at, chunks));
                 }
-                if let Some((capability, chunks)) = released {
+                if let Some(capability) = capability {
                     let mut session = output.session(&capability);
-                    for mut chunk in chunks {
-                        session.give_container(&mut chunk);
+                    for (at, chunks) in released {
+                        for chunk in chunks {
+                            let mut updates = match chunk {
+                                Expiring::Units(records) => {
+                                    records.into_iter().map(|d| (d, at, -1)).collect()
+                                }
+                                Expiring::Updates(updates) => updates,
+                            };
+                            session.give_container(&mut updates);
+                        }
                     }
                 }
             }
@@ -509,9 +529,8 @@ pub fn count_indicators<'s>(
     let distinct = events
         .clone()
         .flat_map(|e| {
-            let journey = e
-                .journey_hash
-                .map(|j| Distinct::new(e.ip, DistinctKind::Journey, j));
+            let journey = (e.journey_hash != NO_JOURNEY)
+                .then(|| Distinct::new(e.ip, DistinctKind::Journey, e.journey_hash));
             std::iter::once(Distinct::new(e.ip, DistinctKind::UserAgent, e.ua_hash)).chain(journey)
         })
         .concat(
@@ -790,11 +809,19 @@ mod tests {
 
     #[test]
     fn window_retracts_at_expiry_and_not_before_the_input_gets_there() {
-        let seen = through_window(false, vec![("a", 1, 1), ("b", 4, 1)]);
+        // "c" entered twice at once: held as an update, not as a unit record.
+        let seen = through_window(false, vec![("a", 1, 1), ("c", 2, 2), ("b", 4, 1)]);
         let updates: Vec<_> = seen.iter().map(|(u, _)| *u).collect();
         assert_eq!(
             updates,
-            vec![("a", 1, 1), ("b", 4, 1), ("a", 11, -1), ("b", 14, -1)]
+            vec![
+                ("a", 1, 1),
+                ("c", 2, 2),
+                ("b", 4, 1),
+                ("a", 11, -1),
+                ("c", 12, -2),
+                ("b", 14, -1)
+            ]
         );
         // Retractions are held until the input reaches their time (they are not left waiting
         // in the batchers downstream, which would copy them at every tick).
@@ -842,6 +869,13 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn window_records_stay_small() {
+        // The window holds one (record, time, diff) per event for W.
+        let size = std::mem::size_of::<WinRecord>();
+        assert!(size <= 64, "WinRecord is {size} bytes");
     }
 
     #[test]
