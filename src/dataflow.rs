@@ -425,18 +425,9 @@ pub fn build_with(
         let (strategy_in, strategies) = scope.new_collection::<Strategy, isize>();
         let (rule_in, rules) = scope.new_collection::<Rule, isize>();
         let (maintenance_in, maintenance) = scope.new_collection::<RuleMaintenance, isize>();
-        // Interval threshold 0 always exists: critical events carry the threshold list to the
-        // interval buckets, which give indicator 3 (see rulecompute::critical_events).
-        let (_, zero_threshold) = scope.new_collection_from(if scope.index() == 0 {
-            vec![0i64]
-        } else {
-            vec![]
-        });
 
         let flow_rules = scoring::flow_rules(processes, strategies, rules, maintenance);
-        let thresholds = scoring::interval_thresholds(flow_rules.clone())
-            .concat(zero_threshold)
-            .distinct_total();
+        let thresholds = scoring::interval_thresholds(flow_rules.clone()).distinct_total();
         let critical_rules = critical_pages.map(|c| (c.id, c.critical_page_match_expression));
 
         let mut window = rulecompute::windowed(events, spec);

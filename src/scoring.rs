@@ -132,8 +132,8 @@ pub fn flow_rules<'s>(
     )
 }
 
-/// The indicator-4 intervals (ms) of the running flows' rule 4 (the dataflow adds 0, which
-/// carries indicator 3, and makes them distinct).
+/// The indicator-4 intervals (ms) of the running flows' rule 4 (the dataflow makes them
+/// distinct).
 pub fn interval_thresholds<'s>(flow_rules: Coll<'s, FlowRule>) -> Coll<'s, i64> {
     flow_rules
         .filter(|r| r.kind == Some(4))

@@ -6,8 +6,8 @@
 //! request is matched again, and the critical events already in the window follow.
 
 use super::{
-    arranged_here, broadcast_arranged, list_per_partition, Coll, CriticalEvent, Thresholds,
-    WinRecord, PARTITIONS,
+    arranged_here, broadcast_arranged, list_per_partition, Coll, CriticalEvent, WinRecord,
+    PARTITIONS,
 };
 use differential_dataflow::operators::ThresholdTotal;
 use regex::RegexSet;
@@ -57,12 +57,7 @@ pub fn critical_requests<'s>(
         })
 }
 
-/// The critical requests of the window, as `(ip, t_ms, cookie hash, interval thresholds)`.
-///
-/// The interval thresholds (`rulecompute::intervals`) ride on the critical requests: they are
-/// joined once per distinct critical request line, not once per interval bucket, and a
-/// threshold change re-emits the critical events of the window, so their buckets are summed
-/// up again under the new thresholds.
+/// The critical requests of the window, as `(ip, t_ms, cookie hash)`.
 ///
 /// The events are joined where they were read, with the critical request lines arranged on
 /// every worker: exchanged by request line, a few hot lines (an API's POST endpoint) would
@@ -71,23 +66,13 @@ pub fn critical_events<'s>(
     events: Coll<'s, WinRecord>,
     request_lines: Coll<'s, (u64, String)>,
     rules: Coll<'s, (i64, String)>,
-    interval_thresholds: Coll<'s, i64>,
 ) -> Coll<'s, CriticalEvent> {
-    // Threshold 0 is always in force (see `dataflow::build_with`), so the list exists and
-    // critical requests pass also while no rule 4 runs (they carry indicator 3).
-    let thresholds = list_per_partition(interval_thresholds, "IntervalThresholdList");
-    let critical = critical_requests(request_lines, rules)
-        .map(|h| (h % PARTITIONS, h))
-        .join_core(thresholds, |_p, h, list| {
-            Some((*h, list.iter().copied().collect::<Thresholds>()))
-        });
+    let critical = critical_requests(request_lines, rules).map(|h| (h, ()));
     // Time first: the events of one request line are told apart by it in one comparison.
     let events_by_request = arranged_here(
         events.map(|e| (e.request_hash, (e.t_ms, e.ip, e.cookie_hash))),
         "Arrange: Events by request line (here)",
     );
     let critical = broadcast_arranged(critical, "Arrange: Critical request lines (every worker)");
-    events_by_request.join_core(critical, |_h, &(t, ip, cookie), thresholds| {
-        Some((ip, t, cookie, thresholds.clone()))
-    })
+    events_by_request.join_core(critical, |_h, &(t, ip, cookie), ()| Some((ip, t, cookie)))
 }

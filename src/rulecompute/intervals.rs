@@ -16,14 +16,14 @@
 //! with 1 s buckets a hot IP's per-IP fold re-read 300 summaries at every tick; with 10 s
 //! buckets it reads ≤ 31, and the bucket's own fold reads ≤ 10 s of that IP's events.
 //!
-//! Indicator 4 depends on the rule's interval (`arg0`): every critical event carries the sorted
-//! list of the thresholds in force (see [`super::critical_events`]), and each bucket's summary
-//! counts its gaps below every one of them. A threshold change re-emits the critical events,
-//! and so re-sums their buckets.
+//! Indicator 4 depends on the rule's interval (`arg0`): the sorted list of the thresholds in
+//! force is the side value of the per-bucket reduce (see [`super::reduce_total`]), and each
+//! bucket's summary counts its gaps below every one of them. A threshold change re-sums every
+//! bucket in the window at once.
 
 use std::net::IpAddr;
 
-use super::{Coll, CriticalEvent, GatherKey, LessThan, Part};
+use super::{Coll, CriticalEvent, GatherKey, LessThan, Part, Time};
 use serde::{Deserialize, Serialize};
 
 /// Length of a time bucket of the first reduce (see the module notes).
@@ -95,39 +95,86 @@ pub struct BucketSummary {
     gaps_below: smallvec::SmallVec<[(i64, u32); 1]>,
 }
 
-/// An IP's bucket, the key of the per-bucket reduce. Hashed as its IP alone: differential
-/// exchanges a key by its hash, so the buckets of an IP are summed up on the worker that
-/// gathers the IP, and their summaries reach the gather without crossing workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// An IP's bucket, the key of the per-bucket reduce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct IpBucket {
     ip: IpAddr,
     bucket: u32,
 }
 
-/// Equal keys have equal IPs, so `Hash` agrees with `Eq`.
-impl std::hash::Hash for IpBucket {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.ip.hash(state);
-    }
+/// The key of the per-bucket reduce: an IP's bucket, or the interval thresholds (on every
+/// worker: the side value of every bucket's summary, so a threshold change sums every bucket
+/// up again at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum BucketKey {
+    Thresholds,
+    Bucket(IpBucket),
 }
 
-/// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s).
-pub fn interval_parts<'s>(critical: Coll<'s, CriticalEvent>) -> Coll<'s, (GatherKey, Part)> {
-    let by_bucket = critical.map(|(ip, t, _, thresholds)| {
-        let key = IpBucket {
-            ip,
-            bucket: bucket_of(t),
-        };
-        (key, (t, thresholds))
+/// A critical request's time in its bucket, or the interval thresholds in force (ms,
+/// ascending). The list is boxed: each critical request of the window is one value of the
+/// arrangement, 16 bytes (a list inline made every one of them 32).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum BucketInput {
+    Time(u64),
+    Thresholds(Box<[i64]>),
+}
+
+/// `Part::IntervalBucket` for every (IP with critical requests, bucket of 10 s), with gaps
+/// counted below every one of `thresholds` (the distinct `arg0` of the running rule 4s).
+pub fn interval_parts<'s>(
+    critical: Coll<'s, CriticalEvent>,
+    thresholds: Coll<'s, i64>,
+) -> Coll<'s, (GatherKey, Part)> {
+    use differential_dataflow::hashable::Hashable;
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::operators::Exchange;
+    // By the hash of the IP, as the gather: the buckets of an IP are summed up on the worker
+    // that gathers the IP, and their summaries reach the gather without crossing workers.
+    let by_bucket = critical
+        .inner
+        .exchange(|((ip, _, _), _, _): &(CriticalEvent, Time, isize)| ip.hashed())
+        .as_collection()
+        .map(|(ip, t, _)| {
+            let key = IpBucket {
+                ip,
+                bucket: bucket_of(t),
+            };
+            (BucketKey::Bucket(key), BucketInput::Time(t))
+        });
+    let thresholds = super::one_list(thresholds, "IntervalThresholdList").map(|list| {
+        (
+            BucketKey::Thresholds,
+            BucketInput::Thresholds(list.into_boxed_slice()),
+        )
     });
-    let by_bucket = super::arranged_by_key(by_bucket, "Arrange: IntervalBuckets");
-    super::reduce_total(by_bucket, "IntervalBuckets", None, |key, input, _| {
-        // At any time every critical event carries the same thresholds.
-        let thresholds = &input[0].0 .1;
-        let times = input.iter().map(|&((t, _), n)| (t, n));
-        summarize(key.bucket, times, thresholds)
+    let by_bucket = super::arranged_here(
+        by_bucket.concat(super::broadcast_collection(thresholds)),
+        "Arrange: IntervalBuckets",
+    );
+    super::reduce_total(
+        by_bucket,
+        "IntervalBuckets",
+        Some(BucketKey::Thresholds),
+        |key, input, side| {
+            let BucketKey::Bucket(key) = key else {
+                return None;
+            };
+            let thresholds = match side {
+                Some(BucketInput::Thresholds(list)) => &list[..],
+                _ => &[],
+            };
+            let times = input.iter().filter_map(|&(v, n)| match v {
+                BucketInput::Time(t) => Some((t, n)),
+                BucketInput::Thresholds(_) => None,
+            });
+            summarize(key.bucket, times, thresholds)
+        },
+    )
+    .flat_map(|(key, summary)| match key {
+        BucketKey::Bucket(key) => Some((GatherKey::Ip(key.ip), Part::IntervalBucket(summary))),
+        BucketKey::Thresholds => None,
     })
-    .map(|(key, summary)| (GatherKey::Ip(key.ip), Part::IntervalBucket(summary)))
 }
 
 /// Indicators 1, 3 and 4 of one IP from its bucket summaries in time order: the number of
@@ -166,6 +213,13 @@ pub fn fold_buckets<'a>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn bucket_inputs_stay_small() {
+        // The arrangement holds one per critical request in the window.
+        let size = std::mem::size_of::<BucketInput>();
+        assert!(size <= 16, "BucketInput is {size} bytes");
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]

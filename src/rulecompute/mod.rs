@@ -503,18 +503,9 @@ impl Distinct {
     }
 }
 
-/// A critical request as the critical indicators see it: IP, time (ms), cookie hash, and the
-/// indicator-4 thresholds in force (see [`critical_events`]).
-pub type CriticalEvent = (
-    IpAddr,
-    u64, /* t_ms */
-    u64, /* cookie hash */
-    Thresholds,
-);
-
-/// The interval thresholds in force (ms, ascending; 0 always among them), carried by each
-/// critical event to the interval buckets: inline for one flow's rule 4 and the built-in 0.
-pub type Thresholds = smallvec::SmallVec<[i64; 2]>;
+/// A critical request as the critical indicators see it: IP, time (ms) and cookie hash (see
+/// [`critical_events`]).
+pub type CriticalEvent = (IpAddr, u64 /* t_ms */, u64 /* cookie hash */);
 
 /// Indicators 0, 2, 5 and 6 for every IP in the window as [`Part`]s, and the /16 block of
 /// each request (for indicator 7, see [`block`]).
@@ -536,7 +527,7 @@ pub fn count_indicators<'s>(
         .concat(
             critical
                 .clone()
-                .map(|(ip, _, c, _)| Distinct::new(ip, DistinctKind::CriticalCookie, c)),
+                .map(|(ip, _, c)| Distinct::new(ip, DistinctKind::CriticalCookie, c)),
         );
     let distinct = arranged_by_self(distinct, "Arrange: DistinctValues").distinct_total();
 
@@ -739,15 +730,11 @@ pub fn indicators<'s>(
     interval_thresholds: Coll<'s, i64>,
 ) -> (Coll<'s, (GatherKey, Part)>, Coll<'s, Block>) {
     let events = window.records;
-    let critical = critical_events(
-        events.clone(),
-        window.request_lines,
-        critical_rules,
-        interval_thresholds,
-    );
+    let critical = critical_events(events.clone(), window.request_lines, critical_rules);
 
     let (counts, blocks) = count_indicators(events, critical.clone());
-    (counts.concat(interval_parts(critical)), blocks)
+    let buckets = interval_parts(critical, interval_thresholds);
+    (counts.concat(buckets), blocks)
 }
 
 #[cfg(test)]
