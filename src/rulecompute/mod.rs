@@ -860,7 +860,8 @@ mod tests {
 
     #[test]
     fn window_records_stay_small() {
-        // The window holds one (record, time, diff) per event for W.
+        // The window holds one record per event for W (its retraction, time and diff added
+        // when it falls due).
         let size = std::mem::size_of::<WinRecord>();
         assert!(size <= 64, "WinRecord is {size} bytes");
     }
