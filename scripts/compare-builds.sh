@@ -6,7 +6,7 @@
 #   scripts/compare-builds.sh /tmp/antispider-before target/release/antispider 5 5000000 2 cs
 #
 # The wall time of one replay on a shared 2-core machine moves by 10-30 % within minutes, so
-# one run per build says little about a change of a few per cent. This runs A, B, A, B, ...
+# one run per build says little about a change of a few per cent. This runs A B, B A, A B, ...
 # (PAIRS pairs, default 3) over the same generated log (LINES lines over 60 minutes of event
 # time, default 5M; WORKERS default 2; FORMAT default cs), prints each run's wall time, CPU
 # time (user + system) and peak RSS, then the medians and B's change against A. CPU time moves
@@ -37,12 +37,17 @@ LOG="$DATA/gen-${LINES}-60m.${FORMAT}.log"
 
 # Read once, so that neither build's first run reads the log from disk.
 cat "$LOG" >/dev/null
-WORK=$(mktemp -d)
+# Outputs in memory where there is a tmpfs: the ~1.5 GB of processed records one run writes
+# to disk would be written back while the next run (the other build's) is timed.
+WORK=$(mktemp -d -p "$( [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || echo "${TMPDIR:-/tmp}")")
 trap 'rm -rf "$WORK"' EXIT
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "# $LOG, $WORKERS worker(s), $PAIRS pairs; A=$A B=$B"
 for i in $(seq 1 "$PAIRS"); do
-  for side in A B; do
+  # A B, then B A: neither build always runs right after the other.
+  order="A B"
+  [ $((i % 2)) = 0 ] && order="B A"
+  for side in $order; do
     bin=$A
     [ "$side" = B ] && bin=$B
     rm -rf "$WORK/out-$side"
@@ -67,7 +72,8 @@ cpu = {s: med(s, lambda r: float(r[2]) + float(r[3])) for s in "AB"}
 rss = {s: med(s, lambda r: int(r[4]) / 1024) for s in "AB"}
 for s in "AB":
     print(f"median {s}: wall {wall[s]:.2f} s ({lines / wall[s]:,.0f} lines/s)  cpu {cpu[s]:.2f} s  peak RSS {rss[s]:.0f} MiB")
-pairs = [(float(a[1]), float(b[1])) for a, b in zip(runs[0::2], runs[1::2])]
+pairs = [sorted((x, y)) for x, y in zip(runs[0::2], runs[1::2])]
+pairs = [(float(a[1]), float(b[1])) for a, b in pairs]
 faster = sum(b < a for a, b in pairs)
 print(f"B against A: wall {100 * (wall['B'] / wall['A'] - 1):+.1f} %  cpu {100 * (cpu['B'] / cpu['A'] - 1):+.1f} %  "
       f"peak RSS {100 * (rss['B'] / rss['A'] - 1):+.1f} %  (B faster in {faster} of {len(pairs)} pairs)")
