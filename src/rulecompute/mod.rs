@@ -489,10 +489,7 @@ impl Distinct {
     const TAG_WIDTH: u32 = 3;
 
     fn new(ip: IpAddr, kind: DistinctKind, value: u64) -> Distinct {
-        let (v6, bits) = match ip {
-            IpAddr::V4(v4) => (false, u128::from(v4.to_bits())),
-            IpAddr::V6(v6) => (true, v6.to_bits()),
-        };
+        let (v6, ip_high, ip_low) = ip_words(ip);
         let kind = match kind {
             DistinctKind::UserAgent => 0u64,
             DistinctKind::CriticalCookie => 1,
@@ -502,8 +499,8 @@ impl Distinct {
             tagged_value: (value << Self::TAG_WIDTH)
                 | (kind << Self::KIND_SHIFT)
                 | if v6 { Self::V6_BIT } else { 0 },
-            ip_high: (bits >> 64) as u64,
-            ip_low: bits as u64,
+            ip_high,
+            ip_low,
         }
     }
 
@@ -516,12 +513,32 @@ impl Distinct {
     }
 
     fn ip(&self) -> IpAddr {
-        let bits = (u128::from(self.ip_high) << 64) | u128::from(self.ip_low);
-        if self.tagged_value & Self::V6_BIT != 0 {
-            IpAddr::V6(std::net::Ipv6Addr::from_bits(bits))
-        } else {
-            IpAddr::V4(std::net::Ipv4Addr::from_bits(bits as u32))
-        }
+        ip_from_words(
+            self.tagged_value & Self::V6_BIT != 0,
+            self.ip_high,
+            self.ip_low,
+        )
+    }
+}
+
+/// An IP as two 64-bit words and whether it is IPv6: for records that sort and copy words
+/// (an `IpAddr` is 17 bytes, which pads a record to the next 8, and a `u128` is 16-byte
+/// aligned). The flag goes wherever a record has a spare bit.
+fn ip_words(ip: IpAddr) -> (bool, u64, u64) {
+    let (v6, bits) = match ip {
+        IpAddr::V4(v4) => (false, u128::from(v4.to_bits())),
+        IpAddr::V6(v6) => (true, v6.to_bits()),
+    };
+    (v6, (bits >> 64) as u64, bits as u64)
+}
+
+/// The IP of [`ip_words`].
+fn ip_from_words(v6: bool, high: u64, low: u64) -> IpAddr {
+    let bits = (u128::from(high) << 64) | u128::from(low);
+    if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::from_bits(bits))
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::from_bits(bits as u32))
     }
 }
 
