@@ -467,11 +467,12 @@ struct Distinct {
     ip_low: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// The indicator a [`Distinct`] value counts for; its number is kept in the value's tag bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum DistinctKind {
-    UserAgent,
-    CriticalCookie,
-    Journey,
+    UserAgent = 0,
+    CriticalCookie = 1,
+    Journey = 2,
 }
 
 /// The IP's hash: differential exchanges a key by its hash, and the gather's input is
@@ -490,14 +491,9 @@ impl Distinct {
 
     fn new(ip: IpAddr, kind: DistinctKind, value: u64) -> Distinct {
         let (v6, ip_high, ip_low) = ip_words(ip);
-        let kind = match kind {
-            DistinctKind::UserAgent => 0u64,
-            DistinctKind::CriticalCookie => 1,
-            DistinctKind::Journey => 2,
-        };
         Distinct {
             tagged_value: (value << Self::TAG_WIDTH)
-                | (kind << Self::KIND_SHIFT)
+                | ((kind as u64) << Self::KIND_SHIFT)
                 | if v6 { Self::V6_BIT } else { 0 },
             ip_high,
             ip_low,
