@@ -13,6 +13,7 @@
 # proportional to event time here): flat RSS under churn = max close to min.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 
 MINUTES=("$@")
 [ ${#MINUTES[@]} -eq 0 ] && MINUTES=(10 30)
@@ -21,21 +22,20 @@ WORKERS=${WORKERS:-1}
 FORMAT=${FORMAT:-cs}
 WINDOW_MIN=${WINDOW_MIN:-5}
 
-if [ ! -x /usr/bin/time ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time
-fi
+need_gnu_time
 cargo build --release --quiet
 BIN=target/release/antispider
 DATA=target/bench-data
 mkdir -p "$DATA"
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, churn at $RATE lines/s of event time, $FORMAT, workers=$WORKERS"
+machine_header "churn at $RATE lines/s of event time, $FORMAT, workers=$WORKERS"
 LONGEST=0
 for m in "${MINUTES[@]}"; do
   lines=$(( RATE * 60 * m ))
   LOG="$DATA/churn-$RATE-${m}m.$FORMAT.log"
   [ -f "$LOG" ] || "$BIN" gen --churn --lines "$lines" --minutes "$m" --format "$FORMAT" -o "$LOG"
   (( m > LONGEST )) && LONGEST=$m
+  warm_input "$LOG"
   /usr/bin/time -v "$BIN" replay "$LOG" --format "$FORMAT" --out "$DATA/churn-out-$m" -w "$WORKERS" --json \
     > "$DATA/churn-summary-$m.json" 2> "$DATA/churn-time-$m.txt"
   python3 - "$DATA/churn-summary-$m.json" "$DATA/churn-time-$m.txt" "$m" "$lines" <<'PY'
@@ -49,6 +49,7 @@ done
 
 # RSS over time during one replay of the longest file.
 LOG="$DATA/churn-$RATE-${LONGEST}m.$FORMAT.log"
+warm_input "$LOG"
 python3 - "$BIN" "$LOG" "$FORMAT" "$WORKERS" "$DATA" "$LONGEST" "$WINDOW_MIN" <<'PY'
 import os, statistics, subprocess, sys, time
 bin_, log, fmt, workers, data, minutes, window = sys.argv[1:]

@@ -10,6 +10,7 @@
 # chosen lateness to every figure), 2 workers. Input: the 1M-line generated file, looped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 
 MODE=${1:?file or kafka}
 SECONDS_PER_RUN=${2:-30}
@@ -26,7 +27,7 @@ SRC="$DATA/gen-1000000-60m.cs.log"
 [ -f "$SRC" ] || "$BIN" gen --lines 1000000 --minutes 60 -o "$SRC"
 TOOLS=${ANTISPIDER_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/antispider-tools}
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); mode=$MODE"
+machine_header "mode=$MODE"
 for rate in "${RATES[@]}"; do
   OUT="$DATA/latency-$MODE-$rate"
   rm -rf "$OUT"; mkdir -p "$OUT"
@@ -73,6 +74,7 @@ enabled = false
 [engine]
 workers = 2
 EOF
+  warm_input "$SRC"
   /usr/bin/time -v "$BIN" run --config "$CFG" > /dev/null 2> "$OUT/engine.txt" &
   ENGINE=$!
   sleep 1

@@ -8,9 +8,11 @@
 # worker count runs the replay, and prints one result line per run. For the same file and
 # worker count it then prints the parse-only floor (`antispider parse`: the file read and split
 # `line_no % N` over N threads and parsed, no dataflow) and the floor with dataprocess
-# (`antispider parse --process`), and how many times slower the full replay is.
+# (`antispider parse --process`), and how many times slower the full replay is. Each run
+# reads the log from the page cache (`warm_input`, scripts/bench-lib.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 
 LINES=${1:-1000000}
 MINUTES=${2:-60}
@@ -19,9 +21,7 @@ shift $(( $# > 3 ? 3 : $# ))
 WORKERS=("$@")
 [ ${#WORKERS[@]} -eq 0 ] && WORKERS=(1 2)
 
-if [ ! -x /usr/bin/time ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time
-fi
+need_gnu_time
 cargo build --release --quiet
 BIN=target/release/antispider
 DATA=target/bench-data
@@ -29,9 +29,10 @@ mkdir -p "$DATA"
 LOG="$DATA/gen-${LINES}-${MINUTES}m.${FORMAT}.log"
 [ -f "$LOG" ] || "$BIN" gen --lines "$LINES" --minutes "$MINUTES" --format "$FORMAT" -o "$LOG"
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+machine_header
 for w in "${WORKERS[@]}"; do
   OUT="$DATA/out-$w"
+  warm_input "$LOG"
   /usr/bin/time -v "$BIN" replay "$LOG" --format "$FORMAT" --out "$OUT" -w "$w" --json \
     > "$DATA/summary-$w.json" 2> "$DATA/time-$w.txt"
   python3 - "$DATA/summary-$w.json" "$DATA/time-$w.txt" "$LINES" "$MINUTES" "$FORMAT" "$w" <<'PY'
@@ -47,7 +48,9 @@ print(f"lines={sys.argv[3]} minutes={sys.argv[4]} format={sys.argv[5]} workers={
       f"windowed={c['windowed']} blacklisted_ips={s['ips_blacklisted']} peak_rss={rss/1024:.0f}MiB "
       f"cpu={cpu:.1f}s")
 PY
+  warm_input "$LOG"
   "$BIN" parse "$LOG" --format "$FORMAT" -w "$w" --json > "$DATA/floor-$w.json"
+  warm_input "$LOG"
   "$BIN" parse "$LOG" --format "$FORMAT" -w "$w" --process --json > "$DATA/floor-process-$w.json" 2>/dev/null
   python3 - "$DATA/summary-$w.json" "$DATA/floor-$w.json" "$DATA/floor-process-$w.json" <<'PY'
 import json, sys

@@ -10,7 +10,8 @@
 # (PAIRS pairs, default 3) over the same generated log (LINES lines over 60 minutes of event
 # time, default 5M; WORKERS default 2; FORMAT default cs), prints each run's wall time, CPU
 # time (user + system) and peak RSS, then the medians and B's change against A. CPU time moves
-# less than the wall time; trust a change only when most pairs agree on its sign.
+# less than the wall time; trust a change only when most pairs agree on its sign. Each run
+# reads the log from the page cache (`warm_input`, scripts/bench-lib.sh).
 #
 # It then compares the outputs of both builds' last runs, sorted: indicators, dead letters and
 # service anomalies byte for byte, the processed records without their highFrqIPGroup (which
@@ -18,8 +19,9 @@
 # leave them identical; the script exits 1 if not.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 
-[ $# -ge 2 ] || { sed -n 2,17p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,19p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 A=$(realpath "$1")
 B=$(realpath "$2")
 PAIRS=${3:-3}
@@ -27,21 +29,17 @@ LINES=${4:-5000000}
 WORKERS=${5:-2}
 FORMAT=${6:-cs}
 
-if [ ! -x /usr/bin/time ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time
-fi
+need_gnu_time
 DATA=target/bench-data
 mkdir -p "$DATA"
 LOG="$DATA/gen-${LINES}-60m.${FORMAT}.log"
 [ -f "$LOG" ] || "$A" gen --lines "$LINES" --minutes 60 --format "$FORMAT" -o "$LOG"
 
-# Read once, so that neither build's first run reads the log from disk.
-cat "$LOG" >/dev/null
 # Outputs in memory where there is a tmpfs: the ~1.5 GB of processed records one run writes
 # to disk would be written back while the next run (the other build's) is timed.
 WORK=$(mktemp -d -p "$( [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || echo "${TMPDIR:-/tmp}")")
 trap 'rm -rf "$WORK"' EXIT
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+machine_header
 echo "# $LOG, $WORKERS worker(s), $PAIRS pairs; A=$A B=$B"
 for i in $(seq 1 "$PAIRS"); do
   # A B, then B A: neither build always runs right after the other.
@@ -51,6 +49,7 @@ for i in $(seq 1 "$PAIRS"); do
     bin=$A
     [ "$side" = B ] && bin=$B
     rm -rf "$WORK/out-$side"
+    warm_input "$LOG"
     /usr/bin/time -f "%e %U %S %M" -o "$WORK/time" \
       "$bin" replay "$LOG" --format "$FORMAT" -w "$WORKERS" --out "$WORK/out-$side" \
       >/dev/null 2>"$WORK/stderr" || { cat "$WORK/stderr" >&2; exit 1; }
