@@ -36,8 +36,9 @@ enum Chunk {
     Rotated,
 }
 
-/// Read buffers kept for reuse ([`PooledChunk`]): enough for the chunks the workers of a
-/// process hold at once (each its current chunk, plus those not taken by all yet).
+/// Read buffers kept for reuse ([`PooledChunk`]). Fewer than a replay holds at once (a worker
+/// holds a whole batch of its lines: ~60 chunks with 2 workers), but keeping every buffer
+/// measured 3.5 % slower (BENCHMARKS.md, session 23).
 const POOL_KEEP: usize = 16;
 
 /// The buffers of chunks that every line of has been dropped, to read the next chunks into.
