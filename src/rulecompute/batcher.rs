@@ -8,6 +8,13 @@
 //! updates of a step are sorted once, when the arrangement asks for a batch, and merged once
 //! with the updates kept from the last batch (those at or after its upper frontier).
 //!
+//! The sort itself orders `(prefix word, index)` pairs ([`SortPrefix`]) by radix, not the
+//! updates by comparison: an update of the gather is 80 bytes and its comparison walks two
+//! enums, and a step's ~25k of them took ~15 comparisons and moves each (0.29 s of a 1M-line
+//! replay's 0.64 s of batcher sorting, 1 worker). Only the updates whose words are equal are
+//! compared in full, and each update is moved once, into its place. Under callgrind (300k
+//! lines, 1 worker) a replay ran 6.3 % fewer instructions.
+//!
 //! Memory: what waits is at most one step's input, unconsolidated (a replay's steps carry
 //! ~20 % more updates than they consolidate to; a live engine steps every batch of lines).
 //! Should many updates pile up with the frontier standing still, they are consolidated into
@@ -28,6 +35,43 @@ use super::Time;
 
 /// Updates waiting unsorted before they are consolidated into the kept ones.
 const CONSOLIDATE_AT: usize = 1 << 20;
+
+/// Below this many updates the updates are sorted directly (the word sort's two passes and
+/// allocations do not pay).
+const SORT_DIRECTLY_BELOW: usize = 64;
+
+/// A word that orders an arrangement's records as far as it goes: `a <= b` implies
+/// `a.sort_prefix() <= b.sort_prefix()` (a constant would do, slowly). Records with equal
+/// words are compared in full; a word that tells most records apart makes the sort cheap.
+pub trait SortPrefix {
+    fn sort_prefix(&self) -> u64;
+}
+
+/// Checks the [`SortPrefix`] contract on `records`: sorted by their order, their words do not
+/// go down.
+#[cfg(test)]
+pub(crate) fn assert_words_follow_order<D: Ord + SortPrefix + std::fmt::Debug>(
+    mut records: Vec<D>,
+) {
+    records.sort();
+    for pair in records.windows(2) {
+        assert!(
+            pair[0].sort_prefix() <= pair[1].sort_prefix(),
+            "{:?} sorts before {:?} but its word {:#x} is above {:#x}",
+            pair[0],
+            pair[1],
+            pair[0].sort_prefix(),
+            pair[1].sort_prefix()
+        );
+    }
+}
+
+/// Keyed by a word (a hash or a partition): the key is the word.
+impl<V> SortPrefix for (u64, V) {
+    fn sort_prefix(&self) -> u64 {
+        self.0
+    }
+}
 
 type Update<D> = (D, Time, isize);
 
@@ -69,10 +113,10 @@ impl<D, S> SortBatcher<D, S> {
     }
 }
 
-impl<D: Ord + Clone + 'static, S> SortBatcher<D, S> {
+impl<D: Ord + Clone + SortPrefix + 'static, S> SortBatcher<D, S> {
     /// Sorts and consolidates the pending updates and merges them into `kept`.
     fn consolidate_pending(&mut self) {
-        consolidate_updates(&mut self.pending);
+        sort_and_consolidate(&mut self.pending);
         if self.kept.is_empty() {
             std::mem::swap(&mut self.kept, &mut self.pending);
         } else {
@@ -82,6 +126,56 @@ impl<D: Ord + Clone + 'static, S> SortBatcher<D, S> {
             self.kept = merged;
         }
     }
+}
+
+/// Sorts updates by (data, time), adds up the diffs of equal ones and drops those that add up
+/// to zero, as differential's `consolidate_updates` does, by sorting their [`SortPrefix`]
+/// words (see the module notes).
+fn sort_and_consolidate<D: Ord + SortPrefix>(updates: &mut Vec<Update<D>>) {
+    if updates.len() < SORT_DIRECTLY_BELOW || u32::try_from(updates.len()).is_err() {
+        consolidate_updates(updates);
+        return;
+    }
+    let mut order: Vec<(u64, u32)> = updates
+        .iter()
+        .zip(0u32..)
+        .map(|((data, _, _), i)| (data.sort_prefix(), i))
+        .collect();
+    // Radix: a comparison sort's branches mispredict on every other comparison of random words.
+    radsort::sort_by_key(&mut order, |o| o.0);
+    // Updates with equal words, in (data, time) order.
+    let full = |a: &(u64, u32), b: &(u64, u32)| {
+        let (x, y) = (&updates[a.1 as usize], &updates[b.1 as usize]);
+        (&x.0, x.1).cmp(&(&y.0, y.1))
+    };
+    let mut start = 0;
+    while start < order.len() {
+        let word = order[start].0;
+        let run = order[start..].iter().take_while(|o| o.0 == word).count();
+        if run > 1 {
+            order[start..start + run].sort_unstable_by(full);
+        }
+        start += run;
+    }
+    let mut sorted: Vec<Update<D>> = Vec::with_capacity(updates.len());
+    let mut source = std::mem::take(updates);
+    let base = source.as_ptr();
+    // SAFETY: `order` holds each index below the length once, so each update is read out of
+    // `source` exactly once. The length is set to 0 first, so `source` drops only its buffer
+    // (and, should anything below panic, leaks the updates not read yet rather than dropping
+    // any twice). `sorted` has room for every update, so `push` does not reallocate.
+    unsafe {
+        source.set_len(0);
+        for &(_, i) in &order {
+            let update = std::ptr::read(base.add(i as usize));
+            match sorted.last_mut() {
+                Some(last) if last.0 == update.0 && last.1 == update.1 => last.2 += update.2,
+                _ => sorted.push(update),
+            }
+        }
+    }
+    sorted.retain(|u| u.2 != 0);
+    *updates = sorted;
 }
 
 /// Merges two sorted, consolidated update lists into `push`, adding up the diffs of equal
@@ -116,7 +210,7 @@ fn merge_into<D: Ord>(
 
 impl<D, S> Batcher<Vec<Update<D>>> for SortBatcher<D, S>
 where
-    D: Ord + Clone + 'static,
+    D: Ord + Clone + SortPrefix + 'static,
     S: Sealer<Vec<Update<D>>>,
 {
     fn insert(&mut self, container: &mut Vec<Update<D>>) {
@@ -133,7 +227,7 @@ where
 
 impl<D, S> Extract for SortBatcher<D, S>
 where
-    D: Ord + Clone + 'static,
+    D: Ord + Clone + SortPrefix + 'static,
     S: Sealer<Vec<Update<D>>>,
 {
     type Time = Time;
@@ -146,7 +240,7 @@ where
         if !self.pending.is_empty() {
             self.expected = self.pending.len();
         }
-        consolidate_updates(&mut self.pending);
+        sort_and_consolidate(&mut self.pending);
         // The step's capacity is not kept between steps (the spine holds the batch).
         let pending = std::mem::take(&mut self.pending);
         let kept = std::mem::take(&mut self.kept);
@@ -194,14 +288,33 @@ mod tests {
         }
     }
 
+    /// A coarse word (two records per word), so that the sort must compare equal words' records.
+    impl SortPrefix for u8 {
+        fn sort_prefix(&self) -> u64 {
+            u64::from(*self / 2)
+        }
+    }
+
     proptest! {
+        /// The word sort gives what differential's sort and consolidation give.
+        #[test]
+        fn sorts_and_consolidates_as_differential_does(
+            updates in proptest::collection::vec((0u8..40, 0u64..6, -2isize..3), 0..400),
+        ) {
+            let mut ours = updates.clone();
+            sort_and_consolidate(&mut ours);
+            let mut theirs = updates;
+            consolidate_updates(&mut theirs);
+            prop_assert_eq!(ours, theirs);
+        }
+
         /// Whatever is inserted, and wherever the frontier moves, every extraction gives
         /// exactly the consolidated updates before its upper frontier (sorted), and reports the
         /// least time of what it keeps.
         #[test]
         fn extracts_the_consolidated_updates_before_the_frontier(
             steps in proptest::collection::vec(
-                (proptest::collection::vec((0u8..6, 0u64..8, -2isize..3), 0..40), 0u64..4),
+                (proptest::collection::vec((0u8..6, 0u64..8, -2isize..3), 0..150), 0u64..4),
                 1..8,
             ),
         ) {

@@ -24,6 +24,20 @@ enum BlockKey {
     Block(Block),
 }
 
+/// By block, then part.
+impl super::batcher::SortPrefix for (BlockKey, BlockPart) {
+    fn sort_prefix(&self) -> u64 {
+        let part = match self.1 {
+            BlockPart::Request => 0,
+            BlockPart::Thresholds(_) => 1,
+        };
+        match &self.0 {
+            BlockKey::Thresholds => part,
+            BlockKey::Block(block) => (1 << 63) | (block.sort_bits() << 1) | part,
+        }
+    }
+}
+
 /// A request of the block (its multiplicity is the count), or the threshold list.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum BlockPart {
@@ -135,6 +149,28 @@ pub fn block_level(count: i64, thresholds: &[OrdF64]) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn block_part_words_follow_their_order(
+            records in proptest::collection::vec(
+                (proptest::option::of(super::super::tests::some_ip()), any::<bool>()),
+                0..60,
+            ),
+        ) {
+            super::super::batcher::assert_words_follow_order(
+                records
+                    .into_iter()
+                    .map(|(ip, request)| {
+                        let key = ip.map_or(BlockKey::Thresholds, |ip| BlockKey::Block(super::super::block_of(&ip)));
+                        let part = if request { BlockPart::Request } else { BlockPart::Thresholds(vec![OrdF64(1.0)]) };
+                        (key, part)
+                    })
+                    .collect(),
+            );
+        }
+    }
 
     #[test]
     fn block_level_hits_exactly_the_rules_the_count_hits() {

@@ -111,6 +111,16 @@ enum BucketKey {
     Bucket(IpBucket),
 }
 
+/// A bucket's requests by IP and bucket (IPv4; an IPv6 address fills the word).
+impl super::batcher::SortPrefix for (BucketKey, BucketInput) {
+    fn sort_prefix(&self) -> u64 {
+        match &self.0 {
+            BucketKey::Thresholds => 0,
+            BucketKey::Bucket(b) => super::ip_sort_word(&b.ip, u64::from(b.bucket)),
+        }
+    }
+}
+
 /// A critical request's time in its bucket, or the interval thresholds in force (ms,
 /// ascending). The list is boxed: each critical request of the window is one value of the
 /// arrangement, 16 bytes (a list inline made every one of them 32).
@@ -219,6 +229,74 @@ mod tests {
         // The arrangement holds one per critical request in the window.
         let size = std::mem::size_of::<BucketInput>();
         assert!(size <= 16, "BucketInput is {size} bytes");
+    }
+
+    fn some_summary() -> impl Strategy<Value = BucketSummary> {
+        (
+            0u32..3,
+            1u32..4,
+            0u16..3,
+            proptest::option::of(0u16..3),
+            0u32..3,
+        )
+            .prop_map(|(bucket, requests, first, min_gap, below)| BucketSummary {
+                bucket: 179_530_000 + bucket,
+                requests,
+                first,
+                last: first + 1,
+                min_gap,
+                gaps_below: smallvec::smallvec![(500, below)],
+            })
+    }
+
+    fn some_part() -> impl Strategy<Value = Part> {
+        prop_oneof![
+            Just(Part::Request),
+            Just(Part::UserAgent),
+            some_summary().prop_map(Part::IntervalBucket),
+            Just(Part::CriticalCookie),
+            Just(Part::FlightQuery),
+            Just(Part::FlowRules(Vec::new())),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn gather_words_follow_their_order(
+            records in proptest::collection::vec(
+                (proptest::option::of(super::super::tests::some_ip()), some_part()),
+                0..60,
+            ),
+        ) {
+            super::super::batcher::assert_words_follow_order(
+                records
+                    .into_iter()
+                    .map(|(ip, part)| (ip.map_or(GatherKey::Rules, GatherKey::Ip), part))
+                    .collect(),
+            );
+        }
+
+        #[test]
+        fn bucket_words_follow_their_order(
+            records in proptest::collection::vec(
+                (proptest::option::of((super::super::tests::some_ip(), 0u32..3)), 0u64..4),
+                0..60,
+            ),
+        ) {
+            // Bucket numbers both below and above the word's 30 bits.
+            super::super::batcher::assert_words_follow_order(
+                records
+                    .into_iter()
+                    .map(|(key, t)| match key {
+                        None => (BucketKey::Thresholds, BucketInput::Thresholds(vec![t as i64].into())),
+                        Some((ip, b)) => (
+                            BucketKey::Bucket(IpBucket { ip, bucket: [7, (1 << 30) - 1, u32::MAX][b as usize] }),
+                            BucketInput::Time(t),
+                        ),
+                    })
+                    .collect(),
+            );
+        }
     }
 
     proptest! {

@@ -12,7 +12,7 @@
 //! bucket) so the per-IP step reads at most W/10 s + 1 summaries, never every event of a hot
 //! IP.
 
-mod batcher;
+pub mod batcher;
 mod block;
 mod critical;
 mod intervals;
@@ -182,6 +182,34 @@ pub fn stable_hash<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
 pub enum Block {
     V4(u8, u8),
     V6(u16, u16),
+}
+
+/// Blocks in their order: IPv4 below 2^16, IPv6 from 2^32 up.
+impl batcher::SortPrefix for (Block, ()) {
+    fn sort_prefix(&self) -> u64 {
+        self.0.sort_bits()
+    }
+}
+
+impl Block {
+    /// The block's place in the order of blocks, in 33 bits (see [`batcher::SortPrefix`]).
+    pub(crate) fn sort_bits(&self) -> u64 {
+        match *self {
+            Block::V4(a, b) => (u64::from(a) << 8) | u64::from(b),
+            Block::V6(a, b) => (1 << 32) | (u64::from(a) << 16) | u64::from(b),
+        }
+    }
+}
+
+/// A [`batcher::SortPrefix`] word for records ordered by a second enum variant holding an IP
+/// (the first variant's word is 0), then by `low` (30 bits, kept for IPv4 only, whose address
+/// leaves room; saturated): bit 63 set, bit 62 for IPv6, then the address (IPv6: its top 62
+/// bits).
+pub(crate) fn ip_sort_word(ip: &IpAddr, low: u64) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => (1 << 63) | (u64::from(v4.to_bits()) << 30) | low.min((1 << 30) - 1),
+        IpAddr::V6(v6) => (1 << 63) | (1 << 62) | (v6.to_bits() >> 66) as u64,
+    }
 }
 
 pub fn block_of(ip: &IpAddr) -> Block {
@@ -484,6 +512,13 @@ impl std::hash::Hash for Distinct {
     }
 }
 
+/// The tagged value decides nearly every comparison (see [`Distinct`]).
+impl batcher::SortPrefix for (Distinct, ()) {
+    fn sort_prefix(&self) -> u64 {
+        self.0.tagged_value
+    }
+}
+
 impl Distinct {
     const V6_BIT: u64 = 0b001;
     const KIND_SHIFT: u32 = 1;
@@ -596,6 +631,7 @@ pub fn arranged_here<'s, K, V>(updates: Coll<'s, (K, V)>, name: &str) -> Arrange
 where
     K: differential_dataflow::ExchangeData,
     V: differential_dataflow::ExchangeData,
+    (K, V): batcher::SortPrefix,
 {
     use differential_dataflow::operators::arrange::arrangement::arrange_core;
     use differential_dataflow::trace::implementations::ValSpine;
@@ -614,6 +650,7 @@ pub fn arranged_by_key<'s, K, V>(updates: Coll<'s, (K, V)>, name: &str) -> Arran
 where
     K: differential_dataflow::ExchangeData + differential_dataflow::hashable::Hashable,
     V: differential_dataflow::ExchangeData,
+    (K, V): batcher::SortPrefix,
 {
     updates.arrange_named(name, batcher::ValSortBatcher::<K, V>::new)
 }
@@ -631,6 +668,7 @@ pub type ArrangedBySelf<'s, K> = differential_dataflow::operators::arrange::Arra
 pub fn arranged_by_self<'s, K>(records: Coll<'s, K>, name: &str) -> ArrangedBySelf<'s, K>
 where
     K: differential_dataflow::ExchangeData + differential_dataflow::hashable::Hashable,
+    (K, ()): batcher::SortPrefix,
 {
     records
         .map(|k| (k, ()))
@@ -645,6 +683,7 @@ pub fn broadcast_arranged<'s, K, V>(
 where
     K: differential_dataflow::ExchangeData,
     V: differential_dataflow::ExchangeData,
+    (K, V): batcher::SortPrefix,
 {
     arranged_here(broadcast_collection(updates), name)
 }
@@ -655,6 +694,31 @@ where
 pub enum GatherKey {
     Rules,
     Ip(IpAddr),
+}
+
+/// An IP's parts by kind (IPv4; an IPv6 address fills the word), so that the records compared
+/// in full are one IP's parts of one kind.
+impl batcher::SortPrefix for (GatherKey, Part) {
+    fn sort_prefix(&self) -> u64 {
+        match &self.0 {
+            GatherKey::Rules => 0,
+            GatherKey::Ip(ip) => ip_sort_word(ip, self.1.rank()),
+        }
+    }
+}
+
+impl Part {
+    /// The variant's place in `Part`'s order.
+    fn rank(&self) -> u64 {
+        match self {
+            Part::Request => 0,
+            Part::UserAgent => 1,
+            Part::IntervalBucket(_) => 2,
+            Part::CriticalCookie => 3,
+            Part::FlightQuery => 4,
+            Part::FlowRules(_) => 5,
+        }
+    }
 }
 
 /// The trace type of the gather arrangement.
@@ -775,6 +839,35 @@ pub fn indicators<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// IPs for the sort-word tests: IPv4 and IPv6, with shared leading bits, so that words
+    /// and orders are often close.
+    pub(crate) fn some_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            (0u32..4, any::<u8>()).prop_map(|(a, b)| IpAddr::from([10, a as u8, 0, b])),
+            any::<u32>().prop_map(|a| IpAddr::from(a.to_be_bytes())),
+            (0u128..4, any::<u64>())
+                .prop_map(|(a, b)| IpAddr::from((a << 120 | u128::from(b)).to_be_bytes())),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn distinct_words_follow_their_order(
+            values in proptest::collection::vec((some_ip(), 0usize..3, 0u64..6), 0..60),
+        ) {
+            let kinds = [DistinctKind::UserAgent, DistinctKind::CriticalCookie, DistinctKind::Journey];
+            batcher::assert_words_follow_order(
+                values.into_iter().map(|(ip, k, v)| (Distinct::new(ip, kinds[k], v), ())).collect(),
+            );
+        }
+
+        #[test]
+        fn block_words_follow_their_order(ips in proptest::collection::vec(some_ip(), 0..60)) {
+            batcher::assert_words_follow_order(ips.iter().map(|ip| (block_of(ip), ())).collect());
+        }
+    }
 
     /// An update of the window's output, with the input frontier when it left the operator.
     type Sent = ((&'static str, Time, isize), Time);
