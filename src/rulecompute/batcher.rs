@@ -21,7 +21,10 @@
 //! the kept updates every [`CONSOLIDATE_AT`] updates, as the merge batcher consolidates as it
 //! goes. The step-sized buffers are freed after each batch; the allocator keeps some of that
 //! memory for the next step, which shows as 5–7 % more peak RSS in a replay (none with
-//! `MIMALLOC_PURGE_DELAY=0`).
+//! `MIMALLOC_PURGE_DELAY=0`). The word sort moves the updates into a second buffer of their
+//! size, with 16 bytes of word and index per update beside it, while it runs: at most ~100 MB for a
+//! [`CONSOLIDATE_AT`] pile of the gather's 80-byte updates, a few MB for a replay's step (its
+//! peak RSS did not move: 452 MiB against 446–464 MiB, 5M cs, 2 workers).
 
 use std::marker::PhantomData;
 
