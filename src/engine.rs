@@ -648,7 +648,7 @@ pub fn win_event(ip: IpAddr, p: ProcessedData) -> WinEvent {
         ua_hash: stable_hash(&p.http_user_agent),
         cookie_hash: p.jsessionid.as_deref().map_or(ABSENT, stable_hash),
         journey_hash: journey,
-        request: p.request,
+        request: p.request.into(),
     }
 }
 

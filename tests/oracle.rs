@@ -457,7 +457,7 @@ fn event(
         ip,
         t_ms,
         request_hash: stable_hash(request),
-        request: request.to_string(),
+        request: request.into(),
         ua_hash: ua,
         cookie_hash: cookie,
         journey_hash: journey,

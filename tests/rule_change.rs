@@ -41,7 +41,7 @@ fn event(ip: IpAddr, t_ms: u64, request: &str, ua: u64, cookie: u64) -> WinEvent
         ip,
         t_ms,
         request_hash: stable_hash(request),
-        request: request.to_string(),
+        request: request.into(),
         ua_hash: ua,
         cookie_hash: cookie,
         journey_hash: None,
@@ -191,14 +191,14 @@ fn random_events(seed: u64, spec: WindowSpec, span_ms: u64) -> Vec<WinEvent> {
                 ip: x,
                 t_ms: t,
                 request_hash: 0,
-                request: String::new(),
+                request: "".into(),
                 ua_hash: rng.random_range(1..5),
                 cookie_hash: [ABSENT, 21, 22, 23, 24][rng.random_range(0..5)],
                 journey_hash: rng.random_bool(0.5).then(|| rng.random_range(1..6)),
             });
             let r = requests[rng.random_range(0..requests.len())];
             let e = events.last_mut().unwrap();
-            e.request = r.to_string();
+            e.request = r.into();
             e.request_hash = stable_hash(r);
             t += match rng.random_range(0..10) {
                 0 => 0,

@@ -6,8 +6,8 @@
 //! request is matched again, and the critical events already in the window follow.
 
 use super::{
-    arranged_here, broadcast_arranged, list_per_partition, Coll, CriticalEvent, WinRecord,
-    PARTITIONS,
+    arranged_here, broadcast_arranged, list_per_partition, Coll, CriticalEvent, RequestLine,
+    WinRecord, PARTITIONS,
 };
 use differential_dataflow::operators::ThresholdTotal;
 use regex::RegexSet;
@@ -42,7 +42,7 @@ impl MatcherCache {
 /// Request hashes (in the window) whose request line fully matches a critical-page rule.
 /// `request_lines` are the windowed `(request hash, request line)` of the events.
 pub fn critical_requests<'s>(
-    request_lines: Coll<'s, (u64, String)>,
+    request_lines: Coll<'s, (u64, RequestLine)>,
     rules: Coll<'s, (i64, String)>,
 ) -> Coll<'s, u64> {
     let pattern_list = list_per_partition(rules, "CriticalPatternList");
@@ -65,7 +65,7 @@ pub fn critical_requests<'s>(
 /// put most events' join on one worker.
 pub fn critical_events<'s>(
     events: Coll<'s, WinRecord>,
-    request_lines: Coll<'s, (u64, String)>,
+    request_lines: Coll<'s, (u64, RequestLine)>,
     rules: Coll<'s, (i64, String)>,
 ) -> Coll<'s, CriticalEvent> {
     let critical = critical_requests(request_lines, rules).map(|h| (h, ()));
