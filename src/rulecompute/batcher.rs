@@ -156,7 +156,15 @@ fn sort_and_consolidate<D: Ord + SortPrefix>(updates: &mut Vec<Update<D>>) {
         let word = order[start].0;
         let run = order[start..].iter().take_while(|o| o.0 == word).count();
         if run > 1 {
-            order[start..start + run].sort_unstable_by(full);
+            let run = &mut order[start..start + run];
+            let first = &updates[run[0].1 as usize].0;
+            if run[1..].iter().all(|o| updates[o.1 as usize].0 == *first) {
+                // One record at several times (an IP's requests, a value seen again): the
+                // times alone order it.
+                run.sort_unstable_by_key(|o| updates[o.1 as usize].1);
+            } else {
+                run.sort_unstable_by(full);
+            }
         }
         start += run;
     }
