@@ -547,24 +547,22 @@ fn decode_form_component(s: &str) -> Cow<'_, str> {
     let Some(first) = memchr::memchr2(b'+', b'%', b) else {
         return Cow::Borrowed(s);
     };
-    let mut out = Vec::with_capacity(b.len());
-    out.extend_from_slice(&b[..first]);
-    let mut i = first;
+    // Decoded is never longer: written by index into a buffer of the input's length (a
+    // `push` per byte checked the capacity each time), then cut to what was written.
+    let mut out = vec![0u8; b.len()];
+    out[..first].copy_from_slice(&b[..first]);
+    let (mut i, mut o) = (first, first);
     while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                if let Some(byte) = hex_byte(b, i + 1) {
-                    out.push(byte);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            c => out.push(c),
-        }
-        i += 1;
+        let (byte, used) = match b[i] {
+            b'+' => (b' ', 1),
+            b'%' => hex_byte(b, i + 1).map_or((b'%', 1), |byte| (byte, 3)),
+            c => (c, 1),
+        };
+        out[o] = byte;
+        o += 1;
+        i += used;
     }
+    out.truncate(o);
     Cow::Owned(match String::from_utf8(out) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
