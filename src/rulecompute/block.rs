@@ -148,6 +148,8 @@ pub fn block_level(count: i64, thresholds: &[OrdF64]) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::batcher::assert_words_follow_order;
+    use super::super::{block_of, tests::some_ip};
     use super::*;
     use proptest::prelude::*;
 
@@ -155,16 +157,20 @@ mod tests {
         #[test]
         fn block_part_words_follow_their_order(
             records in proptest::collection::vec(
-                (proptest::option::of(super::super::tests::some_ip()), any::<bool>()),
+                (proptest::option::of(some_ip()), any::<bool>()),
                 0..60,
             ),
         ) {
-            super::super::batcher::assert_words_follow_order(
+            assert_words_follow_order(
                 records
                     .into_iter()
                     .map(|(ip, request)| {
-                        let key = ip.map_or(BlockKey::Thresholds, |ip| BlockKey::Block(super::super::block_of(&ip)));
-                        let part = if request { BlockPart::Request } else { BlockPart::Thresholds(vec![OrdF64(1.0)]) };
+                        let key = ip.map_or(BlockKey::Thresholds, |ip| BlockKey::Block(block_of(&ip)));
+                        let part = if request {
+                            BlockPart::Request
+                        } else {
+                            BlockPart::Thresholds(vec![OrdF64(1.0)])
+                        };
                         (key, part)
                     })
                     .collect(),

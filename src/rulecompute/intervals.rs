@@ -221,6 +221,8 @@ pub fn fold_buckets<'a>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::batcher::assert_words_follow_order;
+    use super::super::tests::some_ip;
     use super::*;
     use proptest::prelude::*;
 
@@ -264,11 +266,11 @@ mod tests {
         #[test]
         fn gather_words_follow_their_order(
             records in proptest::collection::vec(
-                (proptest::option::of(super::super::tests::some_ip()), some_part()),
+                (proptest::option::of(some_ip()), some_part()),
                 0..60,
             ),
         ) {
-            super::super::batcher::assert_words_follow_order(
+            assert_words_follow_order(
                 records
                     .into_iter()
                     .map(|(ip, part)| (ip.map_or(GatherKey::Rules, GatherKey::Ip), part))
@@ -279,20 +281,23 @@ mod tests {
         #[test]
         fn bucket_words_follow_their_order(
             records in proptest::collection::vec(
-                (proptest::option::of((super::super::tests::some_ip(), 0u32..3)), 0u64..4),
+                (proptest::option::of((some_ip(), 0u32..3)), 0u64..4),
                 0..60,
             ),
         ) {
             // Bucket numbers both below and above the word's 30 bits.
-            super::super::batcher::assert_words_follow_order(
+            assert_words_follow_order(
                 records
                     .into_iter()
                     .map(|(key, t)| match key {
-                        None => (BucketKey::Thresholds, BucketInput::Thresholds(vec![t as i64].into())),
-                        Some((ip, b)) => (
-                            BucketKey::Bucket(IpBucket { ip, bucket: [7, (1 << 30) - 1, u32::MAX][b as usize] }),
-                            BucketInput::Time(t),
+                        None => (
+                            BucketKey::Thresholds,
+                            BucketInput::Thresholds(vec![t as i64].into()),
                         ),
+                        Some((ip, b)) => {
+                            let bucket = [7, (1 << 30) - 1, u32::MAX][b as usize];
+                            (BucketKey::Bucket(IpBucket { ip, bucket }), BucketInput::Time(t))
+                        }
                     })
                     .collect(),
             );
