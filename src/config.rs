@@ -292,9 +292,9 @@ pub struct EngineConfig {
     /// each poll.
     pub batch_lines: usize,
     /// Lines each worker reads between dataflow steps while the input is bounded (a replay,
-    /// a Kafka backfill with `stop_at_end`), and at most 20 s of event time: larger steps
-    /// make fewer, larger batches for the arrangements to merge, at the cost of more data in
-    /// flight.
+    /// a Kafka backfill with `stop_at_end`), and at most a fifth of the window in event
+    /// time: larger steps make fewer, larger batches for the arrangements to merge, at the
+    /// cost of more data in flight.
     pub step_lines: usize,
     /// On a bounded input (a replay, a Kafka backfill with `stop_at_end`): merge work each
     /// arrangement does whenever it is scheduled and its trace is not yet one batch

@@ -783,6 +783,7 @@ fn worker_main(
     let mut done_reading = false;
     let mut unstepped = 0usize;
     let mut stepped_at: Time = 0;
+    let max_step_ms = max_step_event_ms(&cfg.window);
 
     loop {
         crate::opprof::lap(&mut profile, Phase::Other);
@@ -870,16 +871,13 @@ fn worker_main(
         }
 
         // Live input steps the dataflow at every batch (latency). A bounded input (a replay, a
-        // Kafka backfill) steps every `step_lines`, or every MAX_STEP_EVENT_MS of event time
-        // if that comes first: each step adds a batch to every arrangement, and fewer, larger
-        // batches cost less to merge (5M lines, 2 workers: 8192 → 32768 lines per step made
-        // the replay 1.25× faster), but a step spanning minutes of a sparse input held
-        // more of the window in memory (IP churn at 200 lines/s: 464 → 727 MiB).
+        // Kafka backfill) steps every `step_lines`, or once a step spans a fifth of the window
+        // in event time if that comes first (see `max_step_event_ms`).
         unstepped += batch_n;
         if live
             || status != Poll::Data
             || unstepped >= cfg.engine.step_lines
-            || pipeline.time() >= stepped_at + MAX_STEP_EVENT_MS
+            || pipeline.time() >= stepped_at + max_step_ms
         {
             unstepped = 0;
             stepped_at = pipeline.time();
@@ -1054,8 +1052,19 @@ fn end_period(shared: &Shared, m: &crate::monitor::Monitor, done: &crate::monito
     shared.ops.period_ended(done);
 }
 
-/// The most event time one dataflow step spans on a bounded input (see `step_lines`).
-const MAX_STEP_EVENT_MS: Time = 20_000;
+/// The most event time one dataflow step spans on a bounded input (see `step_lines`): a
+/// fifth of the window, at least one slide.
+///
+/// Each step adds a batch to every arrangement, and the window's traces merge their batches
+/// about log2(window / step) times over, so fewer, larger steps merge far less (300k cs lines,
+/// 1 worker, callgrind: 20 s steps 11.13 G instructions, merges 1.79 G; 60 s steps 10.18 G,
+/// merges 1.07 G). A step holds its updates in flight, so it is bounded by the window: on a
+/// sparse input 32 768 lines are minutes of event time, and steps that long made the memory
+/// under IP churn grow with history (BENCHMARKS.md, session 5); a fifth of the window keeps
+/// it flat.
+fn max_step_event_ms(window: &crate::config::WindowConfig) -> Time {
+    (window.length_ms / 5).max(window.slide_ms)
+}
 
 /// The input of one worker.
 enum Source {

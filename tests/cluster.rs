@@ -221,14 +221,16 @@ fn two_processes_on_loopback_match_one() {
     }
 }
 
-/// Merging ahead (`engine.merge_effort`) changes when the traces' batches are merged, never
-/// what they hold: off, the default and an extreme effort give the same outputs.
+/// Merging ahead (`engine.merge_effort`) and the step size (`engine.step_lines`, and a fifth
+/// of the window in event time) change when the traces' batches are made and merged, never
+/// what they hold: off, the default and an extreme effort, and many small steps, give the
+/// same outputs.
 #[test]
-fn merge_effort_changes_no_output() {
+fn merge_effort_and_step_size_change_no_output() {
     let dir = tempfile::tempdir().unwrap();
     let log = generated_log(dir.path(), 30_000, 12);
     let rules = rules_dir();
-    let replay = |name: &str, effort: Option<usize>| {
+    let replay = |name: &str, engine: Option<&str>| {
         let out = dir.path().join(name);
         let mut args = vec![
             "replay".to_string(),
@@ -240,9 +242,9 @@ fn merge_effort_changes_no_output() {
             "-w".to_string(),
             "2".to_string(),
         ];
-        if let Some(effort) = effort {
+        if let Some(engine) = engine {
             let config = dir.path().join(format!("{name}.toml"));
-            std::fs::write(&config, format!("[engine]\nmerge_effort = {effort}\n")).unwrap();
+            std::fs::write(&config, format!("[engine]\n{engine}\n")).unwrap();
             args.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -256,11 +258,19 @@ fn merge_effort_changes_no_output() {
     };
     let default = replay("default", None);
     assert!(default.0.len() >= 5 && default.1.len() > 100);
-    assert!(default == replay("off", Some(0)), "merge_effort = 0");
-    assert!(
-        default == replay("eager", Some(1_000_000)),
-        "merge_effort = 1000000"
-    );
+    for (i, engine) in [
+        "merge_effort = 0",
+        "merge_effort = 1000000",
+        // 30k lines over 12 minutes: a step every 256 lines per worker (~12 s of event time)
+        // instead of every minute.
+        "step_lines = 256",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("variant-{i}");
+        assert!(default == replay(&name, Some(engine)), "{engine}");
+    }
 }
 
 #[test]
