@@ -63,8 +63,10 @@ pub fn to_cs_line(p: &ProcessedData) -> String {
         book.as_deref().unwrap_or_default(),
         &p.http_referer,
     ];
-    // Written in place: this runs once per output record, so no per-field copies.
-    let mut line = String::with_capacity(fields.iter().map(|f| f.len() + 4).sum());
+    // Written in place: this runs once per output record, so no per-field copies. Sized for
+    // each field's separator and an empty field's `NULL` (a query line has several): one
+    // allocation, not a reallocation copying the line.
+    let mut line = String::with_capacity(fields.iter().map(|f| f.len().max(4) + 4).sum());
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
             line.push_str("#CS#");
