@@ -48,24 +48,40 @@ const SORT_DIRECTLY_BELOW: usize = 64;
 /// words are compared in full; a word that tells most records apart makes the sort cheap.
 pub trait SortPrefix {
     fn sort_prefix(&self) -> u64;
+
+    /// Whether [`Self::tie_word`] tells records apart (the default, 0 for all, does not).
+    const TIE_WORDS: bool = false;
+
+    /// A second word for records whose [`Self::sort_prefix`] words are equal, ordering them
+    /// as far as it goes: for such records `a <= b` implies `a.tie_word() <= b.tie_word()`.
+    /// For keys that are a word and values that are many per key (the events of one request
+    /// line): a long run of equal words is then sorted by radix too, not by comparison.
+    fn tie_word(&self) -> u64 {
+        0
+    }
 }
 
 /// Checks the [`SortPrefix`] contract on `records`: sorted by their order, their words do not
-/// go down.
+/// go down, nor do the tie words of records with equal words.
 #[cfg(test)]
 pub(crate) fn assert_words_follow_order<D: Ord + SortPrefix + std::fmt::Debug>(
     mut records: Vec<D>,
 ) {
     records.sort();
     for pair in records.windows(2) {
-        assert!(
-            pair[0].sort_prefix() <= pair[1].sort_prefix(),
-            "{:?} sorts before {:?} but its word {:#x} is above {:#x}",
-            pair[0],
-            pair[1],
-            pair[0].sort_prefix(),
-            pair[1].sort_prefix()
-        );
+        let (a, b) = (&pair[0], &pair[1]);
+        let words = [
+            (a.sort_prefix(), b.sort_prefix()),
+            (a.tie_word(), b.tie_word()),
+        ];
+        // The tie words count only between records of equal words.
+        let checked = if words[0].0 == words[0].1 { 2 } else { 1 };
+        for (name, (x, y)) in ["word", "tie word"].iter().zip(words).take(checked) {
+            assert!(
+                x <= y,
+                "{a:?} sorts before {b:?} but its {name} {x:#x} is above {y:#x}"
+            );
+        }
     }
 }
 
@@ -146,28 +162,7 @@ fn sort_and_consolidate<D: Ord + SortPrefix>(updates: &mut Vec<Update<D>>) {
         .collect();
     // Radix: a comparison sort's branches mispredict on every other comparison of random words.
     radsort::sort_by_key(&mut order, |o| o.0);
-    // Updates with equal words, in (data, time) order.
-    let full = |a: &(u64, u32), b: &(u64, u32)| {
-        let (x, y) = (&updates[a.1 as usize], &updates[b.1 as usize]);
-        (&x.0, x.1).cmp(&(&y.0, y.1))
-    };
-    let mut start = 0;
-    while start < order.len() {
-        let word = order[start].0;
-        let run = order[start..].iter().take_while(|o| o.0 == word).count();
-        if run > 1 {
-            let run = &mut order[start..start + run];
-            let first = &updates[run[0].1 as usize].0;
-            if run[1..].iter().all(|o| updates[o.1 as usize].0 == *first) {
-                // One record at several times (an IP's requests, a value seen again): the
-                // times alone order it.
-                run.sort_unstable_by_key(|o| updates[o.1 as usize].1);
-            } else {
-                run.sort_unstable_by(full);
-            }
-        }
-        start += run;
-    }
+    for_runs_of_equal_words(&mut order, |run| sort_run(run, updates, D::TIE_WORDS));
     let mut sorted: Vec<Update<D>> = Vec::with_capacity(updates.len());
     let mut source = std::mem::take(updates);
     let base = source.as_ptr();
@@ -187,6 +182,42 @@ fn sort_and_consolidate<D: Ord + SortPrefix>(updates: &mut Vec<Update<D>>) {
     }
     sorted.retain(|u| u.2 != 0);
     *updates = sorted;
+}
+
+/// Calls `sort` on each run (longer than one) of `(word, index)` pairs with equal words.
+fn for_runs_of_equal_words(order: &mut [(u64, u32)], mut sort: impl FnMut(&mut [(u64, u32)])) {
+    let mut start = 0;
+    while start < order.len() {
+        let word = order[start].0;
+        let run = order[start..].iter().take_while(|o| o.0 == word).count();
+        if run > 1 {
+            sort(&mut order[start..start + run]);
+        }
+        start += run;
+    }
+}
+
+/// Puts a run of `(word, index)` pairs whose words are equal in the (data, time) order of
+/// the updates they index. `tie`: the records have [`SortPrefix::tie_word`]s; a long run is
+/// then sorted by them first (the words of the run's pairs are overwritten with them).
+fn sort_run<D: Ord + SortPrefix>(run: &mut [(u64, u32)], updates: &[Update<D>], tie: bool) {
+    let first = &updates[run[0].1 as usize].0;
+    if run[1..].iter().all(|o| updates[o.1 as usize].0 == *first) {
+        // One record at several times (an IP's requests, a value seen again): the times
+        // alone order it.
+        run.sort_unstable_by_key(|o| updates[o.1 as usize].1);
+    } else if tie && run.len() >= SORT_DIRECTLY_BELOW {
+        for o in run.iter_mut() {
+            o.0 = updates[o.1 as usize].0.tie_word();
+        }
+        radsort::sort_by_key(run, |o| o.0);
+        for_runs_of_equal_words(run, |ties| sort_run(ties, updates, false));
+    } else {
+        run.sort_unstable_by(|a, b| {
+            let (x, y) = (&updates[a.1 as usize], &updates[b.1 as usize]);
+            (&x.0, x.1).cmp(&(&y.0, y.1))
+        });
+    }
 }
 
 /// Merges two sorted, consolidated update lists into `push`, adding up the diffs of equal
@@ -306,7 +337,40 @@ mod tests {
         }
     }
 
+    /// A record with few words (four, so that runs of equal words are long) and tie words
+    /// that leave ties of their own (three records per tie word), so that every path of the
+    /// word sort is taken.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Tied(u8, u8);
+    impl SortPrefix for Tied {
+        fn sort_prefix(&self) -> u64 {
+            u64::from(self.0 / 64)
+        }
+        const TIE_WORDS: bool = true;
+        fn tie_word(&self) -> u64 {
+            (u64::from(self.0) << 8 | u64::from(self.1)) / 3
+        }
+    }
+
     proptest! {
+        /// The word sort with tie words gives what differential's sort and consolidation give.
+        #[test]
+        fn sorts_long_runs_by_tie_words_as_differential_does(
+            updates in proptest::collection::vec(
+                ((0u8..=255, 0u8..4), 0u64..6, -2isize..3),
+                0..600,
+            ),
+        ) {
+            let updates: Vec<Update<Tied>> =
+                updates.into_iter().map(|((a, b), t, r)| (Tied(a, b), t, r)).collect();
+            assert_words_follow_order(updates.iter().map(|u| u.0.clone()).collect());
+            let mut ours = updates.clone();
+            sort_and_consolidate(&mut ours);
+            let mut theirs = updates;
+            consolidate_updates(&mut theirs);
+            prop_assert_eq!(ours, theirs);
+        }
+
         /// The word sort gives what differential's sort and consolidation give.
         #[test]
         fn sorts_and_consolidates_as_differential_does(

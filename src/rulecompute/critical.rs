@@ -68,13 +68,36 @@ pub fn critical_events<'s>(
     request_lines: Coll<'s, (u64, RequestLine)>,
     rules: Coll<'s, (i64, String)>,
 ) -> Coll<'s, CriticalEvent> {
-    let critical = critical_requests(request_lines, rules).map(|h| (h, ()));
+    let critical = critical_requests(request_lines, rules).map(|h| (LineKey(h), ()));
     let events_by_request = arranged_here(
-        events.map(|e| (e.request_hash, LineEvent::new(&e))),
+        events.map(|e| (LineKey(e.request_hash), LineEvent::new(&e))),
         "Arrange: Events by request line (here)",
     );
     let critical = broadcast_arranged(critical, "Arrange: Critical request lines (every worker)");
     events_by_request.join_core(critical, |_h, e, ()| Some((e.ip(), e.t_ms(), e.cookie)))
+}
+
+/// A request line's hash as the key of the events by request line: its own type, so that its
+/// events sort by their time as well as by the key (see [`LineEvent`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct LineKey(u64);
+
+/// The events of one request line (an API's POST endpoint: most of a step's events) are a
+/// run of equal words; their times tell them apart, so that run is sorted by radix too.
+impl super::batcher::SortPrefix for (LineKey, LineEvent) {
+    fn sort_prefix(&self) -> u64 {
+        self.0 .0
+    }
+    const TIE_WORDS: bool = true;
+    fn tie_word(&self) -> u64 {
+        self.1.t_v6
+    }
+}
+
+impl super::batcher::SortPrefix for (LineKey, ()) {
+    fn sort_prefix(&self) -> u64 {
+        self.0 .0
+    }
 }
 
 /// An event as the arrangement by request line holds it (every event of the window): four
@@ -113,6 +136,26 @@ impl LineEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The words of the events by request line follow their order: the key's, then among
+        /// one key's events the times'.
+        #[test]
+        fn line_event_words_follow_their_order(
+            records in proptest::collection::vec(
+                (0u64..4, 0u64..8, 0u64..3, 0u64..3, 0u64..3),
+                0..64,
+            ),
+        ) {
+            let records: Vec<(LineKey, LineEvent)> = records
+                .into_iter()
+                .map(|(key, t_v6, ip_high, ip_low, cookie)| {
+                    (LineKey(key), LineEvent { t_v6, ip_high, ip_low, cookie })
+                })
+                .collect();
+            crate::rulecompute::batcher::assert_words_follow_order(records);
+        }
+    }
 
     #[test]
     fn line_events_stay_small_and_keep_their_fields() {
