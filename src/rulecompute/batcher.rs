@@ -12,8 +12,9 @@
 //! updates by comparison: an update of the gather is 80 bytes and its comparison walks two
 //! enums, and a step's ~25k of them took ~15 comparisons and moves each (0.29 s of a 1M-line
 //! replay's 0.64 s of batcher sorting, 1 worker). Only the updates whose words are equal are
-//! compared in full, and each update is moved once, into its place. Under callgrind (300k
-//! lines, 1 worker) a replay ran 6.3 % fewer instructions.
+//! compared in full (a long run of them is first sorted by [`SortPrefix::tie_word`]s where
+//! the records have them), and each update is moved once, into its place. Under callgrind
+//! (300k lines, 1 worker) a replay ran 6.3 % fewer instructions.
 //!
 //! Memory: what waits is at most one step's input, unconsolidated (a replay's steps carry
 //! ~20 % more updates than they consolidate to; a live engine steps every batch of lines).
