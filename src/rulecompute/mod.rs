@@ -489,9 +489,9 @@ pub enum Part {
 /// by three bits, which hold the kind and whether the IP is IPv6 (61 bits of hash are plenty
 /// to tell one IP's values apart, and small values, such as [`ABSENT`], stay apart). It
 /// decides nearly every comparison by itself (an IP's values share the IP, so IP first made
-/// most comparisons read 3 words). The
-/// IP's 128 bits follow as two `u64`s, not a `u128`, whose 16-byte alignment made the record
-/// 32 bytes: 40 bytes per update with time and diff, not 48.
+/// most comparisons read 3 words). The IP's 128 bits follow as two `u64`s, not a `u128`,
+/// whose 16-byte alignment made the record 32 bytes: 40 bytes per update with time and diff,
+/// not 48.
 ///
 /// Hashed as its IP alone (see the `Hash` impl): the distinct values of an IP are counted on
 /// the worker that gathers the IP, so they reach the gather without crossing workers.
