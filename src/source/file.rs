@@ -455,6 +455,80 @@ mod tests {
         assert_eq!(shared, whole);
     }
 
+    /// The lines of `text` as every split must give them: numbered from 1, each through its
+    /// newline (the last may have none), cut to its first `MAX_KEEP + 1` bytes if longer.
+    fn reference_lines(text: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
+            let no = out.len() as u64 + 1;
+            out.push((no, rest[..end.min(MAX_KEEP + 1)].to_vec()));
+            rest = &rest[end..];
+        }
+        out
+    }
+
+    /// A line of `len` bytes before its newline, with `seed` in it.
+    fn test_line(seed: usize, len: usize) -> Vec<u8> {
+        let mut line = format!("{seed}:").into_bytes();
+        line.resize(len, b'a' + (seed % 26) as u8);
+        line.truncate(len);
+        line
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Lines of every kind of length (short, about a chunk, about the oversize limit),
+        /// with or without a last newline, split by 1 to 4 workers of one shared log taking
+        /// turns: together they give the reference lines, each once.
+        #[test]
+        fn workers_of_a_shared_log_split_it_as_the_reference_does(
+            lens in proptest::collection::vec(
+                proptest::prop_oneof![
+                    6 => 0usize..700,
+                    1 => (READ_CHUNK - 3)..(READ_CHUNK + 3),
+                    1 => (MAX_KEEP - 2)..(MAX_KEEP + 3),
+                    1 => (MAX_KEEP + 3)..(MAX_KEEP + 2 * READ_CHUNK),
+                ],
+                1..40,
+            ),
+            last_newline in proptest::bool::ANY,
+            workers in 1usize..5,
+            batch in 1usize..50,
+        ) {
+            let mut text = Vec::new();
+            for (i, len) in lens.iter().enumerate() {
+                text.extend_from_slice(&test_line(i, *len));
+                text.push(b'\n');
+            }
+            if !last_newline {
+                text.pop();
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("lines.log");
+            std::fs::write(&p, &text).unwrap();
+            let log = SharedLog::open(&p, false, workers).unwrap();
+            let mut readers: Vec<FileSource> = (0..workers)
+                .map(|k| FileSource::reading(log.clone(), k, LogFormat::Cs, (k, workers)))
+                .collect();
+            let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut done = vec![false; workers];
+            while !done.iter().all(|d| *d) {
+                for (k, r) in readers.iter_mut().enumerate() {
+                    let mut out = Vec::new();
+                    done[k] = r.poll(&mut out, batch).unwrap() == Poll::Eof;
+                    for raw in out {
+                        proptest::prop_assert_eq!(raw.no as usize % workers, k);
+                        got.push((raw.no, raw.bytes.to_vec()));
+                    }
+                }
+            }
+            got.sort();
+            proptest::prop_assert_eq!(got, reference_lines(&text));
+        }
+    }
+
     #[test]
     fn read_buffers_return_to_the_pool_when_their_lines_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
