@@ -288,8 +288,8 @@ impl KafkaConfig {
 pub struct EngineConfig {
     /// Worker threads in this process (every process of a cluster runs as many).
     pub workers: usize,
-    /// Lines each worker reads per poll of its source; live input steps the dataflow after
-    /// each poll.
+    /// Lines each worker reads per poll of its source (a file's in slices of 256, each
+    /// processed before the next is read); live input steps the dataflow after each poll.
     pub batch_lines: usize,
     /// Lines each worker reads between dataflow steps while the input is bounded (a replay,
     /// a Kafka backfill with `stop_at_end`), and at most a fifth of the window in event
