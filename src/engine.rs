@@ -810,7 +810,9 @@ fn worker_main(
                         k.note_event_time(&raw, t);
                     }
                 }
-                if status != Poll::Data || batch_n >= cfg.engine.batch_lines {
+                // A file is read on while it has lines; a Kafka poll is one, as it may wait.
+                let one_poll = matches!(s, Source::Kafka(_));
+                if status != Poll::Data || batch_n >= cfg.engine.batch_lines || one_poll {
                     break if batch_n > 0 { Poll::Data } else { status };
                 }
             },
@@ -1096,7 +1098,8 @@ impl Source {
     /// chunks it scans in full (the others' lines too): processed 256 at a time, a line is
     /// parsed while the bytes the split just scanned are still in the core's cache. 5M cs,
     /// 2 workers: 256 against 1024 lines −3.9 % wall, 1024 against 8192 −2.0 % (BENCHMARKS.md,
-    /// session 27). A Kafka poll takes what the consumer has fetched.
+    /// session 27). A Kafka worker polls once per batch (a poll may wait for the broker), for
+    /// what the consumer has fetched.
     fn slice(&self) -> usize {
         match self {
             Source::File(_) => FILE_SLICE_LINES,
