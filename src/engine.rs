@@ -801,8 +801,9 @@ fn worker_main(
         let mut batch_n = 0;
         let status = match source.as_mut() {
             Some(s) if !done_reading => loop {
-                let want = (cfg.engine.batch_lines - batch_n).min(s.slice());
-                let status = s.poll(&mut buf, want)?;
+                let rest = cfg.engine.batch_lines - batch_n;
+                let slice = s.slice();
+                let status = s.poll(&mut buf, slice.map_or(rest, |n| rest.min(n)))?;
                 batch_n += buf.len();
                 for raw in buf.drain(..) {
                     let t_ms = ingest.line(&mut pipeline, shared, &raw)?;
@@ -810,9 +811,7 @@ fn worker_main(
                         k.note_event_time(&raw, t);
                     }
                 }
-                // A file is read on while it has lines; a Kafka poll is one, as it may wait.
-                let one_poll = matches!(s, Source::Kafka(_));
-                if status != Poll::Data || batch_n >= cfg.engine.batch_lines || one_poll {
+                if status != Poll::Data || batch_n >= cfg.engine.batch_lines || slice.is_none() {
                     break if batch_n > 0 { Poll::Data } else { status };
                 }
             },
@@ -1094,16 +1093,18 @@ impl Source {
         matches!(self, Source::Kafka(k) if k.replaying())
     }
 
-    /// Most lines to read before processing them. A file's worker splits its lines out of
-    /// chunks it scans in full (the others' lines too): processed 256 at a time, a line is
-    /// parsed while the bytes the split just scanned are still in the core's cache. 5M cs,
-    /// 2 workers: 256 against 1024 lines −3.9 % wall, 1024 against 8192 −2.0 % (BENCHMARKS.md,
-    /// session 27). A Kafka worker polls once per batch (a poll may wait for the broker), for
-    /// what the consumer has fetched.
-    fn slice(&self) -> usize {
+    /// Most lines to read before processing them, polling on while there are lines; `None`:
+    /// one poll per batch.
+    ///
+    /// A file's worker splits its lines out of chunks it scans in full (the others' lines
+    /// too): processed 256 at a time, a line is parsed while the bytes the split just scanned
+    /// are still in the core's cache. 5M cs, 2 workers: 256 against 1024 lines −3.9 % wall,
+    /// 1024 against 8192 −2.0 % (BENCHMARKS.md, session 27). A Kafka worker polls once, for
+    /// what the consumer has fetched: a second poll may wait for the broker before the step.
+    fn slice(&self) -> Option<usize> {
         match self {
-            Source::File(_) => FILE_SLICE_LINES,
-            Source::Kafka(_) => usize::MAX,
+            Source::File(_) => Some(FILE_SLICE_LINES),
+            Source::Kafka(_) => None,
         }
     }
 }
